@@ -1,0 +1,35 @@
+# The two commands of this template: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+DEMO_DIR := build/demo
+# torch goes in first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test test-quick clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# Generate a project with the default answers and train it on the bundled dataset.
+demo: setup
+	rm -rf $(DEMO_DIR)
+	$(BIN)/cookiecutter --no-input --output-dir $(DEMO_DIR) .
+	cd $(DEMO_DIR)/research-project && $(BIN)/pip install --quiet -e ".[dev]" && $(BIN)/python train.py
+
+# The template's tests, the generated project's own test suite among them.
+test: setup
+	$(BIN)/python -m pytest tests
+
+# Seconds, not minutes: everything but real Ray runs.
+test-quick: setup
+	$(BIN)/python -m pytest tests -m "not slow"
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,38 @@
+"""Helpers for baking the template into throwaway projects."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+
+
+def bake(output_dir: Path, **answers) -> Path:
+    """Generate a project with `answers` (the rest default) and return its folder."""
+    return Path(
+        cookiecutter(
+            str(TEMPLATE), no_input=True, extra_context=answers, output_dir=str(output_dir)
+        )
+    )
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 1800, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}
+    )
+
+
+def python(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run this interpreter in a generated project, its src/ on the path (as an install would)."""
+    return run([sys.executable, *args], cwd=cwd, timeout=timeout, PYTHONPATH=str(cwd / "src"))
+
+
+@pytest.fixture(scope="session")
+def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bake(tmp_path_factory.mktemp("default"))

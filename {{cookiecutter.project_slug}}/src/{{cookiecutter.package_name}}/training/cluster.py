@@ -1,0 +1,98 @@
+"""Connecting to Ray, and refusing resource requests the cluster can never satisfy."""
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+class ResourceError(RuntimeError):
+    """The requested workers can never be placed on this cluster."""
+
+
+def connect(ray_cfg: Mapping[str, Any]) -> None:
+    """Join the cluster named by `ray.address` or RAY_ADDRESS, else start a local one.
+
+    Inside a Ray task or actor (a Tune trial), Ray is already initialised and this does nothing.
+    """
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or ray_cfg.get("address") or None
+    runtime_env = dict(ray_cfg.get("runtime_env") or {})
+    if address:
+        log.info("Connecting to the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env or None, log_to_driver=True)
+    else:
+        log.info("Starting a local Ray cluster (set ray.address or RAY_ADDRESS to use another)")
+        ray.init(
+            num_cpus=ray_cfg.get("num_cpus"),
+            num_gpus=ray_cfg.get("num_gpus"),
+            include_dashboard=ray_cfg.get("include_dashboard"),
+            runtime_env=runtime_env or None,
+        )
+
+
+def worker_bundle(scaling: Mapping[str, Any]) -> dict[str, float]:
+    """The resources one training worker reserves, in Ray's names (CPU, GPU, custom)."""
+    bundle = {
+        key: float(value) for key, value in (scaling.get("resources_per_worker") or {}).items()
+    }
+    bundle.setdefault("CPU", 1.0)
+    if scaling.get("use_gpu"):
+        bundle.setdefault("GPU", 1.0)
+    return {key: value for key, value in bundle.items() if value > 0}
+
+
+def _describe(amount: float, resource: str) -> str:
+    shown = int(amount) if float(amount).is_integer() else amount
+    return f"{shown} {resource}{'s' if shown != 1 else ''}"
+
+
+def check_fits(scaling: Mapping[str, Any], copies: int = 1, autoscaling: bool = False) -> None:
+    """Raise ResourceError if `copies` worker groups of `scaling` can never run on this cluster.
+
+    Ray would otherwise wait for the resources forever. With `autoscaling` the cluster may grow,
+    so nothing is refused.
+    """
+    if autoscaling:
+        return
+    name = scaling.get("name", "this scaling preset")
+    workers = int(scaling["num_workers"])
+    bundle = worker_bundle(scaling)
+    total = ray.cluster_resources()
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    # Accelerators first: they are what a too-large preset usually lacks.
+    for resource, per_worker in sorted(bundle.items(), key=lambda item: item[0] != "GPU"):
+        need = per_worker * workers * copies
+        have = total.get(resource, 0.0)
+        if need > have:
+            times = f" x {copies} concurrent trials" if copies > 1 else ""
+            raise ResourceError(
+                f"scaling={name} asks for {_describe(need, resource)} ({workers} workers x "
+                f"{_describe(per_worker, resource)}{times}); this cluster has "
+                f"{_describe(have, resource)}. Choose a smaller scaling preset, lower "
+                f"scaling.num_workers or scaling.resources_per_worker, or connect to a larger "
+                f"cluster with ray.address=... (set ray.autoscaling=true if it adds nodes itself)."
+            )
+    if not any(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes):
+        largest = {key: max((node.get(key, 0.0) for node in nodes), default=0.0) for key in bundle}
+        raise ResourceError(
+            f"scaling={name} puts {bundle} on each worker, but no single node has that much "
+            f"(largest per resource: {largest}). Lower scaling.resources_per_worker."
+        )
+
+
+def max_concurrent_groups(scaling: Mapping[str, Any]) -> int:
+    """How many worker groups of `scaling` fit on the cluster at once (at least 1)."""
+    workers = int(scaling["num_workers"])
+    total = ray.cluster_resources()
+    fits = [
+        math.floor(total.get(resource, 0.0) / (per_worker * workers))
+        for resource, per_worker in worker_bundle(scaling).items()
+    ]
+    return max(1, min(fits, default=1))

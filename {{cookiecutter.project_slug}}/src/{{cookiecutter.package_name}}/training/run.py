@@ -1,0 +1,91 @@
+"""The training driver: one Hydra config in, one Ray Train run out, summarised in result.json."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from . import cluster
+from .worker import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+
+def scaling_config(scaling: DictConfig) -> ScalingConfig:
+    return ScalingConfig(
+        num_workers=scaling.num_workers,
+        use_gpu=scaling.use_gpu,
+        resources_per_worker=cluster.worker_bundle(scaling),
+        placement_strategy=scaling.placement_strategy,
+        accelerator_type=scaling.get("accelerator_type"),
+    )
+
+
+def run_config(cfg: DictConfig, callbacks: list | None = None) -> RunConfig:
+    return RunConfig(
+        name=cfg.run_name,
+        storage_path=cfg.paths.storage_path,
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=cfg.checkpoint.num_to_keep,
+            checkpoint_score_attribute=cfg.checkpoint.metric,
+            checkpoint_score_order=cfg.checkpoint.mode,
+        ),
+        failure_config=FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
+        callbacks=callbacks,
+    )
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTrainer:
+    """A TorchTrainer for `cfg`, checked against the cluster it will run on."""
+    cluster.connect(cfg.ray)
+    cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=OmegaConf.to_container(cfg, resolve=True),
+        scaling_config=scaling_config(cfg.scaling),
+        run_config=run_config(cfg, callbacks),
+    )
+
+
+def summarize(result: Result, cfg: DictConfig) -> dict[str, Any]:
+    """What result.json holds: final metrics, the best checkpoint and where everything is."""
+    best = None
+    if result.best_checkpoints:
+        best = result.get_best_checkpoint(cfg.checkpoint.metric, cfg.checkpoint.mode)
+    best_metrics = next((m for c, m in result.best_checkpoints if best and c.path == best.path), {})
+    return {
+        "metrics": _plain(result.metrics or {}),
+        "best_checkpoint": best.path if best else None,
+        "best_checkpoint_metrics": _plain(best_metrics),
+        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "storage_path": result.path,
+        "output_dir": cfg.paths.output_dir,
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job under Ray Train and write `<output_dir>/result.json`."""
+    result = build_trainer(cfg).fit()
+    summary = summarize(result, cfg)
+    write_result(summary, cfg.paths.output_dir)
+    return summary
+
+
+def write_result(summary: dict[str, Any], output_dir: str) -> Path:
+    path = Path(output_dir) / RESULT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    log.info("Final metrics: %s", summary["metrics"])
+    log.info("Best checkpoint: %s", summary["best_checkpoint"])
+    log.info("Summary written to %s", path)
+    return path
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}

@@ -1,0 +1,65 @@
+"""The function each Ray Train worker runs: build data, model and Lightning trainer, then fit."""
+
+import logging
+import os
+from contextlib import ExitStack
+from typing import Any
+
+import lightning as L
+import ray.train
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+from ..models import Classifier
+from .callbacks import CHECKPOINT_FILE, RayReportCallback
+
+
+def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
+    """The configured network wrapped in the Lightning classifier."""
+    net = instantiate(cfg.model, input_shape=tuple(input_shape), num_classes=num_classes)
+    return Classifier(net=net, optimizer=instantiate(cfg.optimizer))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point of every worker. `config` is the run's resolved config as plain containers."""
+    cfg = OmegaConf.create(config)
+    # Lightning's start-up notices, once per worker, drown the run's own log.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    threads = cfg.scaling.get("threads_per_worker")
+    if threads:
+        torch.set_num_threads(int(threads))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
+    trainer = L.Trainer(
+        **cfg.trainer,
+        accelerator="gpu" if cfg.scaling.use_gpu else "cpu",
+        devices="auto",
+        strategy=RayDDPStrategy(),
+        plugins=[RayLightningEnvironment()],
+        callbacks=[RayReportCallback(cfg.checkpoint.every_n_epochs)],
+        logger=TensorBoardLogger(save_dir=cfg.logger.save_dir, name="", version=""),
+        enable_checkpointing=False,
+    )
+    trainer = prepare_trainer(trainer)
+
+    with ExitStack() as stack:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(stack, cfg))
+
+
+def _resume_path(stack: ExitStack, cfg: DictConfig) -> str | None:
+    """The Lightning checkpoint to continue from, if any.
+
+    Ray's own latest checkpoint comes first: it is there after a worker failure or when the same
+    run is started again. Otherwise `start_from` (set by the sweeper when a trial is restored or
+    exploits another trial's checkpoint).
+    """
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        directory = stack.enter_context(checkpoint.as_directory())
+        return os.path.join(directory, CHECKPOINT_FILE)
+    return cfg.get("start_from") or None

@@ -1,0 +1,49 @@
+"""Shared fixtures. One Ray cluster serves the whole test session: starting Ray costs ~10 s."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+def compose_config(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+    """The config `python train.py <overrides>` would get, without running Hydra's app."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """Address of a 2-CPU Ray cluster shared by every test that needs one."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def run_train(
+    *overrides: str, ray_address: str, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run `python train.py <overrides>` as a user would, on the shared cluster."""
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,94 @@
+"""Every option of every config group composes, and builds what it describes."""
+
+import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from {{ cookiecutter.package_name }}.training.run import scaling_config
+from {{ cookiecutter.package_name }}.training.worker import build_model
+
+from .conftest import CONFIG_DIR, compose_config
+
+GROUPS = [
+    "model",
+    "data",
+    "optimizer",
+    "trainer",
+    "checkpoint",
+    "logger",
+    "scaling",
+    "search",
+    "serve",
+    "paths",
+    "experiment",
+    "debug",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group,option", [(group, option) for group in GROUPS for option in options(group)]
+)
+def test_every_option_composes(group: str, option: str) -> None:
+    default = compose_config()
+    cfg = compose_config(f"{group}={option}")
+    if group in ("experiment", "debug"):  # global packages: they change other groups' keys
+        assert cfg != default
+    else:
+        source = OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml")
+        source.pop("defaults", None)
+        assert OmegaConf.to_container(cfg[group]) == OmegaConf.to_container(source)
+    # Everything outside Hydra's run-time paths resolves.
+    for key in ("model", "data", "optimizer", "trainer", "scaling", "search", "serve"):
+        OmegaConf.to_container(cfg[key], resolve=True)
+
+
+def test_groups_have_options() -> None:
+    for group in GROUPS:
+        assert options(group), f"configs/{group}/ has no options"
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_models_build_for_digits(model: str) -> None:
+    import torch
+
+    cfg = compose_config(f"model={model}", "data=digits")
+    datamodule = instantiate(cfg.data)
+    net = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
+    logits = net(torch.zeros(3, *datamodule.input_shape))
+    assert logits.shape == (3, 10)
+
+
+def test_cnn_on_flat_features_says_why() -> None:
+    cfg = compose_config("model=cnn", "data=synthetic")
+    with pytest.raises(InstantiationException, match="model=cnn needs image inputs"):
+        build_model(cfg, (32,), 10)
+
+
+@pytest.mark.parametrize("preset", options("scaling"))
+def test_scaling_presets_map_to_ray(preset: str) -> None:
+    cfg = compose_config(f"scaling={preset}")
+    scaling = scaling_config(cfg.scaling)
+    assert cfg.scaling.name == preset
+    assert scaling.num_workers == cfg.scaling.num_workers >= 1
+    assert scaling.use_gpu == (preset != "cpu")
+    if scaling.use_gpu:
+        assert scaling.resources_per_worker["GPU"] == 1
+
+
+def test_sizes_come_from_config() -> None:
+    cfg = compose_config("model=mlp", "model.hidden_dim=17", "model.num_layers=3")
+    net = build_model(cfg, (64,), 10).net
+    widths = [layer.out_features for layer in net if hasattr(layer, "out_features")]
+    assert widths == [17, 17, 17, 10]
+
+
+def test_experiment_overrides_groups() -> None:
+    cfg = compose_config("experiment=example")
+    assert cfg.model._target_.endswith("CNN")
+    assert cfg.optimizer._target_ == "torch.optim.AdamW"
+    assert cfg.model.channels == 16

@@ -1,0 +1,80 @@
+"""Real training under Ray Train on the shared CPU cluster: outputs, reproducibility, fail-fast."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from {{ cookiecutter.package_name }}.training import cluster, train
+
+from .conftest import compose_config, run_train
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
+    ray_address: str, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_train(
+        "trainer.max_epochs=2",
+        "checkpoint.every_n_epochs=1",
+        f"hydra.run.dir={run_dir}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["metrics"]["epoch"] == 1
+    assert 0.0 < result["metrics"]["val_acc"] <= 1.0
+    assert result["storage_path"] == str(run_dir / "ray_train")
+    best = Path(result["best_checkpoint"])
+    assert (best / "checkpoint.ckpt").is_file()
+    assert best.parent == run_dir / "ray_train"
+    assert result["best_checkpoint_metrics"]["val_loss"] <= result["metrics"]["val_loss"] + 1e-9
+
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    val_loss = events.Scalars("val_loss")
+    assert [event.step for event in val_loss] and len(val_loss) == 2
+
+
+def test_same_seed_same_metrics(ray_address: str, tmp_path: Path) -> None:
+    def metrics(seed: int, name: str) -> dict:
+        cfg = compose_config(
+            f"seed={seed}",
+            "trainer.max_epochs=1",
+            "data=synthetic",
+            "data.num_samples=512",
+            output_dir=tmp_path / name,
+        )
+        return train(cfg)["metrics"]
+
+    first, again, other = metrics(3, "a"), metrics(3, "b"), metrics(4, "c")
+    assert first["val_loss"] == again["val_loss"]
+    assert first["train_loss"] == again["train_loss"]
+    assert first["val_loss"] != other["val_loss"]
+
+
+def test_gpu_preset_on_cpu_cluster_fails_fast_with_clear_message(ray_address: str) -> None:
+    cfg = compose_config("scaling=4gpu")
+    with pytest.raises(
+        cluster.ResourceError, match=r"scaling=4gpu asks for 4 GPUs .* this cluster has 0 GPUs"
+    ):
+        cluster.check_fits(cfg.scaling)
+
+
+def test_train_py_gpu_preset_exits_with_message(ray_address: str, tmp_path: Path) -> None:
+    proc = run_train(
+        "scaling=4gpu", f"hydra.run.dir={tmp_path}", ray_address=ray_address, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "scaling=4gpu asks for 4 GPUs" in proc.stderr
+
+
+def test_too_many_cpu_workers_fail_fast(ray_address: str) -> None:
+    cfg = compose_config("scaling.num_workers=3")
+    with pytest.raises(cluster.ResourceError, match=r"asks for 3 CPUs .* this cluster has 2 CPUs"):
+        cluster.check_fits(cfg.scaling)
+    cluster.check_fits(cfg.scaling, autoscaling=True)  # an autoscaling cluster may grow: no error
