@@ -1,0 +1,460 @@
+"""The path to production in a generated project: KubeRay manifests, `ray up`, Docker, Make, CI.
+
+Nothing here needs Kubernetes, Docker or a cloud account: manifests are checked against the
+KubeRay CRD schemas, the launcher config against Ray's own schema, and the Dockerfile, Makefile
+and workflows by what they name and what `make -n` prints.
+"""
+
+import copy
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+import zipfile
+from fnmatch import fnmatch
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from .conftest import bake, python, run
+
+# CI clones this repository with shared/ beside it. The CRDs are only read, never copied in.
+CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
+MANIFESTS = {
+    "RayCluster": "deploy/kuberay/raycluster.yaml",
+    "RayJob": "deploy/kuberay/rayjob.yaml",
+    "RayService": "deploy/kuberay/rayservice.yaml",
+}
+MAKE_TARGETS = [
+    "help",
+    "install",
+    "hooks",
+    "train",
+    "sweep",
+    "test",
+    "test-quick",
+    "lint",
+    "format",
+    "tensorboard",
+    "submit",
+    "docker-build",
+    "docker-push",
+]
+PACKAGE = "deploy_check"
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    accelerator = request.param
+    path = bake(
+        tmp_path_factory.mktemp(f"deploy-{accelerator}"),
+        project_name="Deploy Check",
+        accelerator=accelerator,
+    )
+    return accelerator, path
+
+
+def load(project: Path, relative: str) -> dict:
+    return yaml.safe_load((project / relative).read_text())
+
+
+# --- KubeRay -------------------------------------------------------------------------------------
+
+
+def strict(schema):
+    """The CRD schema as jsonschema reads it: x-kubernetes-* keys dropped, unknown fields refused.
+
+    The API server prunes (or, with strict field validation, rejects) fields a schema does not
+    name; closing every object that lists its properties makes a misspelt key fail here too.
+    """
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    open_ = schema.get("x-kubernetes-preserve-unknown-fields", False)
+    out = {k: strict(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in out and "additionalProperties" not in out and not open_:
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def crd_validators() -> dict:
+    if not CRD_DIR.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR} (clone shared/ beside this repository)")
+    validators = {}
+    for kind, filename in CRD_FILES.items():
+        # 60,000 lines of YAML: the C loader, where PyYAML has it, reads them twice as fast.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        crd = yaml.load((CRD_DIR / filename).read_text(), Loader=loader)
+        assert crd["spec"]["names"]["kind"] == kind
+        version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
+        api_version = f"{crd['spec']['group']}/{version['name']}"
+        schema = strict(version["schema"]["openAPIV3Schema"])
+        validators[kind] = (api_version, jsonschema.Draft4Validator(schema))
+    return validators
+
+
+def check_manifest(manifest: dict, crd_validators: dict) -> list[str]:
+    api_version, validator = crd_validators[manifest["kind"]]
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(manifest)
+    ]
+    if manifest["apiVersion"] != api_version:
+        errors.append(f"apiVersion {manifest['apiVersion']} is not {api_version}")
+    return errors
+
+
+def cluster_spec(manifest: dict) -> dict:
+    spec = manifest["spec"]
+    return {
+        "RayCluster": spec,
+        "RayJob": spec.get("rayClusterSpec"),
+        "RayService": spec.get("rayClusterConfig"),
+    }[manifest["kind"]]
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity ("500m", "16", 4, "64Gi") as a number of units."""
+    text = str(value)
+    suffixes = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix, factor in suffixes.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+@pytest.mark.parametrize("kind", MANIFESTS)
+def test_manifest_validates_against_kuberay_crd(kind: str, project, crd_validators) -> None:
+    _, path = project
+    manifest = load(path, MANIFESTS[kind])
+    assert manifest["kind"] == kind
+    assert check_manifest(manifest, crd_validators) == []
+
+
+@pytest.mark.parametrize("mistake", ["misspelt key", "wrong type", "missing field"])
+def test_crd_check_catches_mistakes(mistake: str, project, crd_validators) -> None:
+    _, path = project
+    manifest = load(path, MANIFESTS["RayCluster"])
+    group = manifest["spec"]["workerGroupSpecs"][0]
+    if mistake == "misspelt key":
+        group["maxReplica"] = group.pop("maxReplicas")
+    elif mistake == "wrong type":
+        group["minReplicas"] = "none"
+    else:
+        del group["groupName"]
+    assert check_manifest(manifest, crd_validators) != []
+
+
+def test_manifests_share_image_and_ray_version(project) -> None:
+    accelerator, path = project
+    versions = set()
+    for relative in MANIFESTS.values():
+        spec = cluster_spec(load(path, relative))
+        versions.add(spec["rayVersion"])
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
+        assert images == {f"ghcr.io/example/deploy-check:{accelerator}"}, relative
+    assert len(versions) == 1
+
+
+def preset_needs(scaling: dict) -> tuple[dict, int]:
+    """One worker's bundle and the worker count of a configs/scaling preset, in k8s names."""
+    bundle = {"cpu": float(scaling["resources_per_worker"].get("CPU", 1))}
+    if scaling["use_gpu"]:
+        bundle["nvidia.com/gpu"] = float(scaling["resources_per_worker"].get("GPU", 1))
+    return bundle, scaling["num_workers"]
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_training_worker_group_fits_the_scaling_presets(kind: str, project) -> None:
+    accelerator, path = project
+    spec = cluster_spec(load(path, MANIFESTS[kind]))
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # workers only on workers
+    (group,) = spec["workerGroupSpecs"]
+    pod = group["template"]["spec"]["containers"][0]["resources"]
+    assert pod["requests"] == pod["limits"]
+    capacity = {key: quantity(value) for key, value in pod["limits"].items()}
+    presets = [
+        load(path, f"configs/scaling/{p.name}")
+        for p in sorted((path / "configs" / "scaling").glob("*.yaml"))
+    ]
+    fitting = [p for p in presets if p["use_gpu"] == (accelerator == "gpu")]
+    assert fitting, "no scaling preset uses this accelerator"
+    for preset in fitting:
+        bundle, workers = preset_needs(preset)
+        per_pod = min(int(capacity.get(key, 0) // need) for key, need in bundle.items())
+        assert per_pod >= 1, f"one {preset['name']} worker {bundle} does not fit a pod {capacity}"
+        assert per_pod * group["maxReplicas"] >= workers, f"scaling={preset['name']} never fits"
+    assert ("nvidia.com/gpu" in capacity) == (accelerator == "gpu")
+
+
+def test_rayjob_runs_train_py_with_overrides_that_compose(project) -> None:
+    _, path = project
+    entrypoint = load(path, MANIFESTS["RayJob"])["spec"]["entrypoint"]
+    words = shlex.split(entrypoint)
+    assert words[:5] == ["cd", "/app", "&&", "python", "train.py"]
+    overrides = words[5:]
+    assert "ray.autoscaling=true" in overrides  # pods start after the driver
+    storage = next(o for o in overrides if o.startswith("paths.storage_path="))
+    assert storage.split("=", 1)[1].startswith("s3://")
+    proc = python("train.py", "--cfg", "job", *overrides, cwd=path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_rayservice_serves_the_package_app_from_shared_storage(project) -> None:
+    _, path = project
+    text = (path / MANIFESTS["RayService"]).read_text()
+    assert "shared storage" in text
+    serve_config = yaml.safe_load(load(path, MANIFESTS["RayService"])["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    assert app["import_path"] == f"{PACKAGE}.serving.app:build_app"
+    assert re.match(r"(s3|gs)://", app["args"]["checkpoint_path"])
+
+
+def test_rayservice_args_build_the_serve_app(project) -> None:
+    """The builder accepts serveConfigV2's args, and each replica fits a serve worker pod."""
+    accelerator, path = project
+    if not (path / "src" / PACKAGE / "serving" / "app.py").is_file():
+        pytest.skip("the Serve app (serving/app.py) is not in this template yet")
+    spec = load(path, MANIFESTS["RayService"])["spec"]
+    (app,) = yaml.safe_load(spec["serveConfigV2"])["applications"]
+    module, builder = app["import_path"].split(":")
+    code = f"import json, sys; from {module} import {builder}; {builder}(json.loads(sys.argv[1]))"
+    proc = python("-c", code, json.dumps(app["args"]), cwd=path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (group,) = spec["rayClusterConfig"]["workerGroupSpecs"]
+    pod = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    replica = app["args"]["resources_per_replica"]
+    assert replica.get("CPU", 1) <= quantity(pod["cpu"])
+    assert replica.get("GPU", 0) == quantity(pod.get("nvidia.com/gpu", 0))
+    assert (replica.get("GPU", 0) > 0) == (accelerator == "gpu")
+
+
+# --- ray up --------------------------------------------------------------------------------------
+
+
+def test_ray_up_config_passes_rays_own_checks(project) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    accelerator, path = project
+    config = load(path, "deploy/aws-cluster.yaml")
+    for key in (
+        "cluster_name",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "file_mounts",
+        "setup_commands",
+    ):
+        assert key in config, key
+    assert config["head_node_type"] in config["available_node_types"]
+    prepared = prepare_config(copy.deepcopy(config))  # what `ray up` does before validating
+    validate_config(prepared)
+    assert prepared["docker"]["image"] == f"ghcr.io/example/deploy-check:{accelerator}"
+    assert ("--gpus all" in prepared["docker"].get("run_options", [])) == (accelerator == "gpu")
+    # Defaults must not sneak a Ray wheel install in: the image already has the project.
+    assert not any("pip install" in c and "ray" in c for c in prepared["setup_commands"])
+
+
+# --- Docker --------------------------------------------------------------------------------------
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs, continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (path / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
+
+
+def dockerignored(name: str, path: Path) -> bool:
+    patterns = [
+        p.strip().rstrip("/")
+        for p in (path / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
+    return any(fnmatch(name, pattern) for pattern in patterns)
+
+
+def test_dockerfile_builds_from_the_answers(project) -> None:
+    accelerator, path = project
+    steps = dockerfile(path)
+    args = dict(a.split("=", 1) for i, a in steps if i == "ARG" and "=" in a)
+    assert args["BASE_IMAGE"] == "python:3.11-slim"  # the python_version answer
+    assert ("FROM", "${BASE_IMAGE}") in steps
+    makefile = (path / "Makefile").read_text()
+    assert f"TORCH_INDEX_{accelerator} := {args['TORCH_INDEX']}" in makefile
+    runs = " ".join(a for i, a in steps if i == "RUN")
+    assert "--index-url ${TORCH_INDEX}" in runs
+    assert re.search(r"pip install (-e )?\.( |$)", runs)
+    copied = {w for i, a in steps if i == "COPY" for w in a.split()[:-1] if not w.startswith("--")}
+    assert {"pyproject.toml", "README.md", "src", "configs", "train.py"} <= copied
+    for name in copied:
+        assert (path / name).exists() and not dockerignored(name, path), name
+    user = [a for i, a in steps if i == "USER"]
+    assert user and user[-1] not in ("root", "0")
+
+
+def test_dockerignore_keeps_runs_and_environments_out(project) -> None:
+    _, path = project
+    for name in ("outputs", ".venv", ".git", "multirun"):
+        assert dockerignored(name, path), name
+
+
+def test_what_the_image_copies_installs_and_runs(project, tmp_path: Path) -> None:
+    """The image's layout without Docker: install from what COPY takes, run from /app."""
+    _, path = project
+    app = tmp_path / "app"
+    for instruction, arguments in dockerfile(path):
+        if instruction == "COPY":
+            *sources, target = arguments.split()
+            for source in sources:
+                destination = app / (source if target.endswith("/") else target)
+                if (path / source).is_dir():
+                    subprocess.run(["cp", "-r", str(path / source), str(destination)], check=True)
+                else:
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    destination.write_bytes((path / source).read_bytes())
+    site = tmp_path / "site"
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--target",
+        str(site),
+        ".",
+    ]
+    installed = run(pip, cwd=app, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    assert (site / PACKAGE / "training" / "run.py").is_file()
+    proc = run(
+        [sys.executable, "train.py", "--cfg", "job"], cwd=app, timeout=300, PYTHONPATH=str(site)
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+# --- Make ----------------------------------------------------------------------------------------
+
+
+def make_dry_run(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return run(["make", "--no-print-directory", "-n", *args], cwd=path, timeout=60)
+
+
+def test_make_targets_parse(project) -> None:
+    _, path = project
+    for target in MAKE_TARGETS:
+        proc = make_dry_run(path, target)
+        assert proc.returncode == 0, f"make {target}: {proc.stderr}"
+
+
+def submit_command(path: Path, *args: str) -> list[str]:
+    proc = make_dry_run(path, "submit", *args)
+    assert proc.returncode == 0, proc.stderr
+    return shlex.split(proc.stdout.replace("\\\n", " "))
+
+
+def test_make_submit_ships_the_project_to_the_cluster(
+    project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray._private.runtime_env.packaging import create_package
+    from ray.runtime_env import RuntimeEnv
+
+    _, path = project
+    words = submit_command(path, "ARGS=model=cnn scaling=4gpu", "RAY_ADDRESS=http://head:8265")
+    assert words[:3] == ["ray", "job", "submit"]
+    assert words[words.index("--address") + 1] == "http://head:8265"
+    assert words[words.index("--working-dir") + 1] == "."
+    assert words[words.index("--") + 1 :] == ["python", "train.py", "model=cnn", "scaling=4gpu"]
+    runtime_env = json.loads(words[words.index("--runtime-env-json") + 1])
+    monkeypatch.chdir(path)  # `ray job submit` reads the paths from the project folder
+    RuntimeEnv(**runtime_env)  # Ray accepts it
+    for module in runtime_env["py_modules"]:
+        assert (path / module / "__init__.py").is_file(), module
+
+    # What Ray would upload, with runs and a virtualenv lying around (and .gitignore not read).
+    for junk in ("outputs/runs/old/big.ckpt", ".venv/bin/python", "multirun/x/y.txt"):
+        (path / junk).parent.mkdir(parents=True, exist_ok=True)
+        (path / junk).write_text("junk")
+    package = tmp_path / "working_dir.zip"
+    create_package(str(path), package, include_gitignore=False, excludes=runtime_env["excludes"])
+    names = zipfile.ZipFile(package).namelist()
+    assert "train.py" in names and "configs/train.yaml" in names
+    assert not [n for n in names if n.startswith(("outputs/", ".venv/", "multirun/"))]
+
+
+def test_make_submit_overrides_compose(project) -> None:
+    _, path = project
+    words = submit_command(path, "ARGS=model=cnn scaling=multinode ray.autoscaling=true")
+    overrides = words[words.index("train.py") + 1 :]
+    proc = python("train.py", "--cfg", "job", *overrides, cwd=path)
+    assert proc.returncode == 0, proc.stderr
+
+
+# --- CI, pre-commit, README ----------------------------------------------------------------------
+
+
+def make_targets(path: Path) -> set[str]:
+    return set(re.findall(r"^([a-z][a-z-]*):", (path / "Makefile").read_text(), re.MULTILINE))
+
+
+def dev_tools(path: Path) -> set[str]:
+    dev = tomllib.loads((path / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return {re.split(r"[<>=\[ ]", requirement)[0] for requirement in dev["dev"]}
+
+
+def test_ci_workflow_runs_commands_that_exist(project) -> None:
+    _, path = project
+    workflow = load(path, ".github/workflows/ci.yaml")
+    assert set(workflow[True]) == {"push", "pull_request"}  # YAML reads the key `on` as True
+    commands = [
+        step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step
+    ]
+    targets = make_targets(path)
+    for command in commands:
+        for match in re.finditer(r"\bmake ([a-z-]+)((?: [A-Z_]+=\S+)*)", command):
+            assert match.group(1) in targets, command
+            proc = make_dry_run(path, match.group(1), *match.group(2).split())
+            assert proc.returncode == 0, proc.stderr
+    assert any("make lint" in c for c in commands) and any("make test-quick" in c for c in commands)
+    assert {"pytest", "ruff"} <= dev_tools(path)
+    lint = make_dry_run(path, "lint").stdout
+    assert "ruff check ." in lint and "ruff format --check ." in lint
+
+
+def test_pre_commit_runs_ruff_check_and_format(project) -> None:
+    _, path = project
+    config = load(path, ".pre-commit-config.yaml")
+    (repo,) = config["repos"]
+    assert repo["repo"] == "https://github.com/astral-sh/ruff-pre-commit"
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", repo["rev"])
+    assert [hook["id"] for hook in repo["hooks"]] == ["ruff-check", "ruff-format"]
+    assert "pre_commit install" in make_dry_run(path, "hooks").stdout
+
+
+def test_readme_names_make_targets_that_exist(project) -> None:
+    _, path = project
+    readme = (path / "README.md").read_text()
+    named = set(re.findall(r"\bmake ([a-z][a-z-]*)", readme))
+    assert {"submit", "docker-build"} <= named
+    assert named <= make_targets(path), named - make_targets(path)
+    assert "paths.storage_path=s3://" in readme
+
+
+def test_no_actions_answer_still_gets_pre_commit_and_makefile(tmp_path: Path) -> None:
+    path = bake(tmp_path, project_name="Deploy Check", github_actions=False)
+    assert not (path / ".github").exists()
+    assert (path / ".pre-commit-config.yaml").is_file() and (path / "Makefile").is_file()
