@@ -1,0 +1,1 @@
+"""Ray Tune sweeps of Hydra jobs: search spaces, trials, reporting and results."""

@@ -1,0 +1,182 @@
+"""What a sweep leaves in its folder: the best trial, a table of all trials and a plot."""
+
+import math
+import re
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: sweeps run on machines without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import yaml  # noqa: E402
+from ray.tune import ResultGrid  # noqa: E402
+
+from .space import format_value  # noqa: E402
+
+RESULTS_FILE = "optimization_results.yaml"
+TRIALS_FILE = "trials.csv"
+PLOT_FILE = "metric_per_epoch.png"
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
+
+
+@dataclass
+class TrialSummary:
+    """One row of trials.csv."""
+
+    trial: int
+    status: str  # completed, stopped early, error or not run
+    final: float | None  # the metric at the last reported epoch
+    best: float | None  # the best value of the metric over the trial's epochs
+    epochs: int  # epochs reported to Tune
+    output_dir: str
+    error: str = ""
+    log: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # sampled values by override key
+
+    @property
+    def overrides(self) -> str:
+        """The sampled values as command-line overrides, quoted for the shell."""
+        return " ".join(
+            shlex.quote(f"{key}={format_value(value)}") for key, value in self.params.items()
+        )
+
+    def as_row(self) -> dict[str, Any]:
+        row = {key: value for key, value in asdict(self).items() if key != "params"}
+        return {**row, "overrides": self.overrides, **self.params}
+
+
+def summarize_trials(
+    grid: ResultGrid, metric: str, mode: str, max_epochs: int, sweep_dir: Path
+) -> tuple[list[TrialSummary], dict[int, pd.DataFrame]]:
+    """A summary per trial, and each trial's per-epoch history, both keyed by job number."""
+    rows, histories = [], {}
+    for result in grid:
+        number = int(Path(result.path).name.rsplit("_", 1)[-1])
+        history = (
+            result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        )
+        values = history[metric].dropna() if metric in history else pd.Series(dtype=float)
+        output_dir = (result.metrics or {}).get("output_dir") or str(sweep_dir / str(number))
+        if result.error is not None:
+            status = "error"
+        elif len(values) == 0:
+            status = "not run"  # the sweep ended (e.g. too many failures) before it reported
+        elif len(values) < max_epochs:
+            status = "stopped early"
+        else:
+            status = "completed"
+        rows.append(
+            TrialSummary(
+                trial=number,
+                status=status,
+                params=dict(result.config),
+                final=float(values.iloc[-1]) if len(values) else None,
+                best=float(values.min() if mode == "min" else values.max())
+                if len(values)
+                else None,
+                epochs=len(values),
+                output_dir=output_dir,
+                error=_error_line(result.error),
+                log=str(Path(output_dir) / "train.log") if result.error is not None else "",
+            )
+        )
+        histories[number] = history
+    rows.sort(key=lambda row: row.trial)
+    return rows, histories
+
+
+def best_trial(rows: list[TrialSummary], mode: str) -> TrialSummary | None:
+    """The trial whose final metric is best (trials that failed or reported nothing excluded)."""
+    scored = [row for row in rows if row.final is not None and not math.isnan(row.final)]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda row: row.final)
+
+
+def write_results(
+    sweep_dir: Path,
+    name: str,
+    rows: list[TrialSummary],
+    histories: dict[int, pd.DataFrame],
+    metric: str,
+    mode: str,
+) -> TrialSummary | None:
+    """Write optimization_results.yaml, trials.csv and the metric plot into `sweep_dir`."""
+    best = best_trial(rows, mode)
+    pd.DataFrame([row.as_row() for row in rows]).to_csv(sweep_dir / TRIALS_FILE, index=False)
+    results = {
+        "name": name,
+        "metric": metric,
+        "mode": mode,
+        "best_params": best.params if best else {},
+        "best_overrides": best.overrides if best else "",
+        "best_value": best.final if best else None,
+        "best_trial": best.trial if best else None,
+        "best_output_dir": best.output_dir if best else None,
+    }
+    (sweep_dir / RESULTS_FILE).write_text(yaml.safe_dump(results, sort_keys=False))
+    plot(sweep_dir / PLOT_FILE, rows, histories, metric)
+    return best
+
+
+def plot(path: Path, rows: list[TrialSummary], histories: dict[int, pd.DataFrame], metric: str):
+    """The metric per epoch for every trial; early-stopped trials end in an x."""
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        history = histories.get(row.trial)
+        if history is None or metric not in history or history[metric].dropna().empty:
+            continue
+        points = history.dropna(subset=[metric])
+        epochs = points["epoch"] + 1 if "epoch" in points else range(1, len(points) + 1)
+        (line,) = axes.plot(epochs, points[metric], marker=".", label=f"{row.trial}: {row.status}")
+        if row.status == "stopped early":
+            axes.plot(list(epochs)[-1], points[metric].iloc[-1], "x", color=line.get_color(), ms=10)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} per epoch, every trial (x: stopped early)")
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize="small", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def format_summary(
+    rows: list[TrialSummary], best: TrialSummary | None, sweep_dir: Path, resume_hint: str = ""
+) -> str:
+    """The few lines printed when a sweep ends."""
+    counts = pd.Series([row.status for row in rows]).value_counts().to_dict() if rows else {}
+    lines = [
+        f"Sweep finished: {len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+        f"Results in {sweep_dir}: {RESULTS_FILE}, {TRIALS_FILE}, {PLOT_FILE}",
+    ]
+    for row in rows:
+        if row.status == "error":
+            lines.append(f"  trial {row.trial} failed: {row.error} (log: {row.log})")
+    if best is None:
+        lines.append("No trial reported the metric.")
+    else:
+        lines.append(f"Best trial {best.trial}: {best.final:.6g} ({best.output_dir})")
+        lines.append(f"  python train.py {best.overrides}")
+    lines.append(f"TensorBoard of every trial: tensorboard --logdir {sweep_dir}")
+    if resume_hint:
+        lines.append(resume_hint)
+    return "\n".join(lines)
+
+
+def _error_line(error: Any) -> str:
+    """The most telling line of a trial's error: the last `SomeError: message` in it."""
+    if error is None:
+        return ""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if _RAISED.match(line)]
+    return (raised or lines or [type(error).__name__])[-1][:300]

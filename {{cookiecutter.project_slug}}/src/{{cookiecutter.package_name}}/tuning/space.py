@@ -1,0 +1,157 @@
+"""Hydra's override grammar turned into a Ray Tune search space.
+
+| override                          | Tune domain                                   |
+| --------------------------------- | --------------------------------------------- |
+| `key=a,b,c`                       | grid: every value, as Hydra's basic sweeper   |
+| `key=choice(a,b,c)`               | sampled categorical                           |
+| `key=range(a,b[,step])`           | sampled integer in [a, b) honouring step      |
+| `key=interval(a,b)`               | uniform float                                 |
+| `key=tag(log, interval(a,b))`     | log-uniform float (`log` works on range too)  |
+| `key=tag(int, interval(a,b))`     | uniform integer in [a, b]                     |
+| `key=value`                       | fixed: passed to every trial as written       |
+
+Sampled values are numbers, booleans, null or override-ready strings, so a trial's overrides are
+`key=<value>` and the best ones can be pasted back on the command line.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    RangeSweep,
+)
+from hydra.errors import HydraException
+from ray import tune
+
+SUPPORTED_TAGS = {"log", "int"}
+
+
+class SearchSpaceError(ValueError):
+    """An override the sweeper cannot turn into a search space."""
+
+
+@dataclass
+class SearchSpace:
+    """What a sweep varies (Tune domains by override key) and what it keeps fixed."""
+
+    domains: dict[str, Any] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)
+
+    @property
+    def has_grid(self) -> bool:
+        return any(_is_grid(domain) for domain in self.domains.values())
+
+    def trial_overrides(self, sampled: Mapping[str, Any]) -> list[str]:
+        """The overrides of one trial: the fixed ones, then `key=value` for each sampled key."""
+        return self.fixed + [f"{key}={format_value(value)}" for key, value in sampled.items()]
+
+
+def parse(arguments: Iterable[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(list(arguments))
+    except HydraException as error:
+        raise SearchSpaceError(str(error)) from error
+
+
+def build(arguments: Iterable[str], params: Mapping[str, Any] | None = None) -> SearchSpace:
+    """The search space of `arguments` (command line) and `params` (the `search.params` config).
+
+    A key given on the command line wins over the same key in `params`.
+    """
+    overrides = parse(arguments)
+    given = {override.get_key_element() for override in overrides}
+    from_config = [
+        f"{key}={value}" if isinstance(value, str) else f"{key}={format_value(value)}"
+        for key, value in (params or {}).items()
+        if key not in given
+    ]
+    space = SearchSpace()
+    for override in parse(from_config) + overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            space.fixed.append(
+                override.input_line or f"{key}={override.get_value_element_as_str()}"
+            )
+            continue
+        if override.is_hydra_override():
+            raise SearchSpaceError(
+                f"{override.input_line}: Hydra's own settings cannot be swept; sweep your "
+                "config's keys instead"
+            )
+        if override.is_delete():
+            raise SearchSpaceError(f"{override.input_line}: a deletion cannot be swept")
+        space.domains[key] = domain(override)
+    return space
+
+
+def domain(override: Override) -> Any:
+    """The Tune domain of one sweep override."""
+    sweep = override.value()
+    line = override.input_line
+    unknown = set(sweep.tags) - SUPPORTED_TAGS
+    if unknown:
+        raise SearchSpaceError(
+            f"{line}: unsupported tag(s) {sorted(unknown)}; known: {sorted(SUPPORTED_TAGS)}"
+        )
+    log = "log" in sweep.tags
+    if override.value_type is not None and override.value_type.name == "GLOB_CHOICE_SWEEP":
+        raise SearchSpaceError(f"{line}: glob() is not supported; list the options with choice()")
+    if getattr(sweep, "shuffle", False):
+        raise SearchSpaceError(f"{line}: shuffle() has no meaning for a sampled search; drop it")
+    if isinstance(sweep, ChoiceSweep):
+        values = [_sample_value(element) for element in sweep.list]
+        if not values:
+            raise SearchSpaceError(f"{line}: an empty choice")
+        if log:
+            raise SearchSpaceError(f"{line}: tag(log) needs interval() or range(), not a choice")
+        return tune.grid_search(values) if sweep.simple_form else tune.choice(values)
+    if isinstance(sweep, RangeSweep):
+        values = list(override.sweep_iterator())
+        if not values:
+            raise SearchSpaceError(f"{line}: the range is empty (its stop is exclusive)")
+        integers = all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step))
+        if integers and sweep.step == 1:
+            return (tune.lograndint if log else tune.randint)(sweep.start, sweep.stop)
+        if log:
+            raise SearchSpaceError(f"{line}: tag(log) on range() needs a step of 1")
+        return tune.choice(values)
+    if isinstance(sweep, IntervalSweep):
+        low, high = float(sweep.start), float(sweep.end)
+        if not low < high:
+            raise SearchSpaceError(f"{line}: interval() needs start < end")
+        if log and low <= 0:
+            raise SearchSpaceError(f"{line}: tag(log, interval()) needs a start above 0")
+        if "int" in sweep.tags:
+            # Tune's integer domains exclude the upper bound; interval() includes it.
+            return (tune.lograndint if log else tune.randint)(int(low), int(high) + 1)
+        return (tune.loguniform if log else tune.uniform)(low, high)
+    raise SearchSpaceError(f"{line}: this kind of sweep is not supported")
+
+
+def _sample_value(element: Any) -> Any:
+    """Numbers, booleans and null stay as they are; everything else becomes override text."""
+    if element is None or isinstance(element, bool | int | float):
+        return element
+    return Override._get_value_element_as_str(element)
+
+
+def format_value(value: Any) -> str:
+    """A sampled value as the right-hand side of an override."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    if hasattr(value, "item"):  # numpy scalars from some searchers
+        return format_value(value.item())
+    return Override._get_value_element_as_str(value)
+
+
+def _is_grid(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"grid_search"}

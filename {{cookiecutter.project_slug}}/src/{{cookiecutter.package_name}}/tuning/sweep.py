@@ -1,0 +1,190 @@
+"""The sweep driver: a Hydra multirun becomes one Ray Tune experiment."""
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.search.sample import Domain
+
+from ..training import cluster
+from . import results
+from .space import SearchSpace, SearchSpaceError, build
+from .trial import TrialContext, job_number, run_trial
+
+log = logging.getLogger(__name__)
+
+# Trials log to TensorBoard themselves (one folder per Hydra job), so Tune's own TensorBoard
+# logger is left out; its JSON and CSV loggers are added back by hand (they hold the history).
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+EXPERIMENT_NAME = "tune"
+
+
+class FailureBudget(tune.Callback, tune.Stopper):
+    """Counts failed trials and stops the sweep once more than `max_failed` have failed."""
+
+    def __init__(self, max_failed: int) -> None:
+        self.max_failed = max_failed
+        self.failed: list[str] = []
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.failed.append(trial.trial_id)
+        log.error(
+            "Trial %s failed (%d so far); its log: %s",
+            trial.trial_id,
+            len(self.failed),
+            trial.local_path,
+        )
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return len(self.failed) > self.max_failed
+
+
+def run_sweep(
+    *,
+    config: DictConfig,
+    hydra_context: HydraContext,
+    task_function: TaskFunction,
+    arguments: list[str],
+) -> dict[str, Any]:
+    """Run the multirun of `arguments` as a Ray Tune experiment and write its results."""
+    search = config.search
+    sweep_dir = Path(config.hydra.sweep.dir).resolve()
+    with open_dict(config):
+        config.hydra.sweep.dir = str(sweep_dir)  # the same folder for every trial, wherever it runs
+
+    params = OmegaConf.to_container(search.get("params") or {}, resolve=True)
+    space = build(arguments, params)
+    search_alg = instantiate(search.search_alg) if search.get("search_alg") else None
+    if space.has_grid and search_alg is not None:
+        raise SearchSpaceError(
+            f"search={search.name} samples its own points, so it cannot run a comma list "
+            "(`key=a,b` means every value). Write `key=choice(a,b)` to let it choose, or use "
+            "search=random or search=asha to run every value."
+        )
+    scheduler = make_scheduler(search.get("scheduler"), space)
+
+    cluster.connect(config.ray)
+    autoscaling = bool(config.ray.autoscaling)
+    cluster.check_fits(config.scaling, autoscaling=autoscaling)
+    concurrency = search.get("max_concurrent_trials")
+    if not autoscaling:
+        fits = cluster.max_concurrent_groups(config.scaling)
+        concurrency = min(concurrency, fits) if concurrency else fits
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+    context = TrialContext(config, hydra_context, task_function, space, Singleton.get_state())
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context),
+        # The trial's own process only waits on its Train run, whose workers reserve the CPUs
+        # and GPUs. Tune needs a non-empty request, so the trial takes a token 1 MiB of memory.
+        tune.PlacementGroupFactory([{"memory": 2**20}]),
+    )
+    budget = FailureBudget(int(search.max_failed_trials))
+    tuner = make_tuner(
+        search, trainable, space, scheduler, search_alg, concurrency, budget, sweep_dir
+    )
+    log.info(
+        "Ray Tune sweep %s: %s samples, up to %s trials at once, space %s, fixed %s",
+        search.name,
+        search.num_samples,
+        concurrency,
+        _describe(space.domains),
+        space.fixed,
+    )
+    grid = tuner.fit()
+
+    rows, histories = results.summarize_trials(
+        grid, search.metric, search.mode, int(config.trainer.max_epochs), sweep_dir
+    )
+    best = results.write_results(
+        sweep_dir, config.hydra.job.name, rows, histories, search.metric, search.mode
+    )
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    resume_hint = ""
+    if unfinished > 0:
+        resume_hint = (
+            f"{unfinished} trials did not finish. Continue the sweep with the same command plus: "
+            f"search.resume=true hydra.sweep.dir={sweep_dir}"
+        )
+    summary = results.format_summary(rows, best, sweep_dir, resume_hint)
+    log.info("\n%s", summary)
+    return {"best": best, "trials": rows}
+
+
+def make_scheduler(scheduler_cfg: DictConfig | None, space: SearchSpace) -> Any:
+    """The configured trial scheduler. PBT mutates the sampled keys unless told otherwise."""
+    if not scheduler_cfg:
+        return None
+    extra = {}
+    is_pbt = issubclass(get_class(scheduler_cfg._target_), PopulationBasedTraining)
+    if is_pbt and not scheduler_cfg.get("hyperparam_mutations"):
+        extra["hyperparam_mutations"] = {
+            key: domain for key, domain in space.domains.items() if isinstance(domain, Domain)
+        }
+        if not extra["hyperparam_mutations"]:
+            raise SearchSpaceError(
+                "search=pbt needs at least one sampled key to mutate, e.g. "
+                "optimizer.lr=tag(log,interval(1e-4,1e-1))"
+            )
+    return instantiate(scheduler_cfg, **extra, _convert_="all")
+
+
+def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, budget, sweep_dir):
+    """A new Tuner, or the interrupted one in `sweep_dir` when `search.resume` is set."""
+    experiment = sweep_dir / EXPERIMENT_NAME
+    if search.resume:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise FileNotFoundError(
+                f"search.resume=true but there is no Ray Tune sweep to resume in {experiment}. "
+                "Pass the interrupted sweep's folder: hydra.sweep.dir=<sweep dir>."
+            )
+        log.info("Resuming the sweep in %s; finished trials are kept", experiment)
+        return tune.Tuner.restore(
+            str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    if tune.Tuner.can_restore(str(experiment)):
+        raise FileExistsError(
+            f"{experiment} already holds a sweep. Resume it with search.resume=true, or choose "
+            "a new hydra.sweep.dir."
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=space.domains,
+        tune_config=tune.TuneConfig(
+            metric=search.metric,
+            mode=search.mode,
+            num_samples=int(search.num_samples),
+            scheduler=scheduler,
+            search_alg=search_alg,
+            max_concurrent_trials=concurrency,
+            trial_dirname_creator=lambda trial: f"trial_{job_number(trial.trial_id)}",
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT_NAME,
+            storage_path=str(sweep_dir),
+            stop=budget,
+            callbacks=[budget, JsonLoggerCallback(), CSVLoggerCallback()],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=search.get("checkpoints_per_trial")
+            ),
+            failure_config=tune.FailureConfig(max_failures=int(search.get("trial_retries", 0))),
+            verbose=1,
+        ),
+    )
+
+
+def _describe(domains: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{key}: {domain}" for key, domain in domains.items()) + "}"

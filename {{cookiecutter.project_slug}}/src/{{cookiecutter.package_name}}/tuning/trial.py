@@ -1,0 +1,70 @@
+"""One Ray Tune trial = one Hydra job: its own numbered folder, composed config and task function.
+
+The trial composes its config the way Hydra's own launcher does (`load_sweep_config` with the
+trial's overrides) and calls the same task function as a single run, so each trial is a Ray
+Train run with its own scaling group, `.hydra/` folder, TensorBoard logs and result.json.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobStatus, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+from ray import tune
+
+from ..training.callbacks import CHECKPOINT_FILE
+from .reporting import reporting_to_tune
+from .space import SearchSpace
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs from the sweep's driver (shipped to the trial by Ray)."""
+
+    config: DictConfig
+    hydra_context: HydraContext
+    task_function: TaskFunction
+    space: SearchSpace
+    # Hydra's process-wide state (job name, config store): a trial runs in another process.
+    hydra_state: Any = None
+
+
+def job_number(trial_id: str) -> int:
+    """Tune numbers trials `<experiment>_00003`; the job folder takes that number."""
+    return int(trial_id.rsplit("_", 1)[-1])
+
+
+def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
+    """The Tune function trainable: run the trial's Hydra job, reporting every epoch to Tune."""
+    Singleton.set_state(context.hydra_state)
+    setup_globals()
+    number = job_number(tune.get_context().get_trial_id())
+    overrides = context.space.trial_overrides(sampled)
+    config = context.hydra_context.config_loader.load_sweep_config(context.config, overrides)
+    with open_dict(config):
+        config.hydra.job.id = number
+        config.hydra.job.num = number
+        restart = tune.get_checkpoint()
+        if restart is not None:
+            # Resumed after an interruption, or handed another trial's checkpoint by PBT: start
+            # a fresh Train run from that checkpoint instead of this trial's own last state.
+            config.resume_from = os.path.join(restart.path, CHECKPOINT_FILE)
+            config.run_name = f"{config.run_name}-from-{Path(restart.path).name}"
+    HydraConfig.instance().set_config(config)
+    output_dir = str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
+    with reporting_to_tune(output_dir=output_dir):
+        job = run_job(
+            hydra_context=context.hydra_context,
+            task_function=context.task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+    if job.status == JobStatus.FAILED:
+        raise job._return_value
+    return None
