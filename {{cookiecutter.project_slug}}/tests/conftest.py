@@ -29,7 +29,8 @@ def compose_config(*overrides: str, output_dir: Path | None = None) -> DictConfi
 def ray_address() -> Iterator[str]:
     """Address of a 2-CPU Ray cluster shared by every test that needs one."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+        # address="local": a fresh cluster for the tests, never one left running by `ray start`.
+        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

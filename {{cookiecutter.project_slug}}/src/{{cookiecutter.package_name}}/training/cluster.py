@@ -30,6 +30,7 @@ def connect(ray_cfg: Mapping[str, Any]) -> None:
     else:
         log.info("Starting a local Ray cluster (set ray.address or RAY_ADDRESS to use another)")
         ray.init(
+            address="local",  # a new cluster, even if `ray start` left one running here
             num_cpus=ray_cfg.get("num_cpus"),
             num_gpus=ray_cfg.get("num_gpus"),
             include_dashboard=ray_cfg.get("include_dashboard"),
