@@ -11,10 +11,23 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # Imported here so that `--help` and `--cfg job` answer without loading torch and Ray.
+    serving = cfg.serve.name != "none"
+    if serving and cfg.serve.only:  # serve an existing checkpoint, no training
+        return serve(cfg, cfg.ckpt_path)
+
     from {{ cookiecutter.package_name }}.training import train
 
     summary = train(cfg)
+    if serving:
+        serve(cfg, summary["best_checkpoint"])
     return summary["metrics"].get(cfg.checkpoint.metric)
+
+
+def serve(cfg: DictConfig, checkpoint: str | None) -> None:
+    """Serve `checkpoint` over HTTP with Ray Serve until Ctrl-C."""
+    from {{ cookiecutter.package_name }}.serving import serve_checkpoint
+
+    serve_checkpoint(cfg, checkpoint)
 
 
 if __name__ == "__main__":

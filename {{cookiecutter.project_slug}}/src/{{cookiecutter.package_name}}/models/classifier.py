@@ -17,12 +17,23 @@ class Classifier(L.LightningModule):
     `optimizer` is a partial (Hydra's `_partial_: true`) that takes the parameters. The learning
     rate it carries wins over the one saved in a checkpoint, so a run resumed with a new `lr`
     (population based training does this) trains with the new value.
+
+    `architecture` says how to rebuild `net` (its model config, `input_shape`, `num_classes`). It
+    is saved in every checkpoint as plain Python values, so that serving can rebuild the network
+    from a checkpoint read with `torch.load(weights_only=True)`, which unpickles no code.
     """
 
-    def __init__(self, net: nn.Module, optimizer: OptimizerFactory) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        architecture: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
+        if architecture:
+            self.save_hyperparameters({"architecture": architecture})
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)

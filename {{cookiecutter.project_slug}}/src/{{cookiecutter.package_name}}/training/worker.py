@@ -20,7 +20,12 @@ from .callbacks import CHECKPOINT_FILE, RayReportCallback
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
     """The configured network wrapped in the Lightning classifier."""
     net = instantiate(cfg.model, input_shape=tuple(input_shape), num_classes=num_classes)
-    return Classifier(net=net, optimizer=instantiate(cfg.optimizer))
+    architecture = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "input_shape": [int(size) for size in input_shape],
+        "num_classes": int(num_classes),
+    }
+    return Classifier(net=net, optimizer=instantiate(cfg.optimizer), architecture=architecture)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

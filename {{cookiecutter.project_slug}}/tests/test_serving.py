@@ -1,0 +1,470 @@
+"""Serving: request checks and checkpoint loading in-process, then the real thing end to end.
+
+The end-to-end tests run `python train.py serve=local ...` as a user would (train one epoch,
+then serve over real HTTP on the shared Ray cluster), and stop it with Ctrl-C.
+"""
+
+import asyncio
+import json
+import math
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import yaml
+from pyarrow.fs import LocalFileSystem
+from ray.serve.schema import ServeDeploySchema
+
+from {{ cookiecutter.package_name }}.data import DigitsSource, Transform, load_transform
+from {{ cookiecutter.package_name }}.serving import checkpoint as checkpoint_module
+from {{ cookiecutter.package_name }}.serving.app import AppArgs, build_app
+from {{ cookiecutter.package_name }}.serving.checkpoint import CheckpointError, load, resolve
+from {{ cookiecutter.package_name }}.serving.inputs import InvalidInput, check_finite, to_features
+from {{ cookiecutter.package_name }}.serving.launch import (
+    IMPORT_PATH,
+    app_args,
+    serve_checkpoint,
+    serve_config,
+)
+from {{ cookiecutter.package_name }}.training.worker import build_model
+
+from .conftest import PROJECT_ROOT, compose_config
+
+IMAGE = (1, 8, 8)
+
+
+# ---- Request checks ---------------------------------------------------------------------------
+
+
+def test_rows_may_be_flat_or_nested_as_the_input_shape() -> None:
+    flat = [float(i) for i in range(64)]
+    nested = [[[float(8 * r + c) for c in range(8)] for r in range(8)]]
+    features = to_features([flat, nested, [1] * 64], IMAGE, max_rows=8)
+    assert features.shape == (3, 64) and features.dtype == np.float64
+    assert features[0].tolist() == features[1].tolist() == flat
+
+
+@pytest.mark.parametrize(
+    "rows,message,status",
+    [
+        ([], "empty", 422),
+        ([[0.0] * 63], r"inputs\[0\] should be a list of 64, got a list of 63", 422),
+        ([[0.0] * 64, [[[0.0] * 8] * 7 + [[0.0] * 7]]], r"inputs\[1\]\[0\]\[7\] should be", 422),
+        ([[0.0] * 63 + ["1"]], r"inputs\[0\]\[63\] is '1', not a number", 422),
+        ([[True] + [0.0] * 63], "not a number", 422),
+        ([[None] * 64], "not a number", 422),
+        ([[math.nan] + [0.0] * 63], "not a finite number", 422),
+        ([[0.0] * 63 + [-math.inf]], "not a finite number", 422),
+        ([[10**400] + [0] * 63], "not a finite number", 422),
+        ([[0.0] * 64] * 9, "at most 8 per request", 413),
+    ],
+)
+def test_bad_rows_say_what_is_wrong(rows: list, message: str, status: int) -> None:
+    with pytest.raises(InvalidInput, match=message) as error:
+        to_features(rows, IMAGE, max_rows=8)
+    assert error.value.status_code == status
+
+
+def test_values_that_overflow_after_preprocessing_are_refused() -> None:
+    check_finite(np.zeros((2, 1, 8, 8), dtype=np.float32))
+    batch = np.zeros((2, 1, 8, 8), dtype=np.float32)
+    batch[1, 0, 3, 3] = np.inf
+    with pytest.raises(InvalidInput, match=r"inputs\[1\] holds values too large"):
+        check_finite(batch)
+
+
+# ---- Checkpoints -------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, model: str = "mlp", **changes) -> Path:
+    """A checkpoint in the layout training writes: weights, `architecture`, data `transform`."""
+    classifier = build_model(compose_config(f"model={model}"), IMAGE, 10)
+    columns = [f"pixel_{i}" for i in range(64)]
+    transform = Transform(tuple(columns), IMAGE, mean=(0.25,) * 64, std=(0.5,) * 64)
+    checkpoint = {
+        "state_dict": classifier.state_dict(),
+        "hyper_parameters": dict(classifier.hparams),
+        "data": {**transform.state(), "num_classes": 10},
+        **changes,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_checkpoint_rebuilds_the_trained_network(tmp_path: Path, model: str) -> None:
+    file = save_checkpoint(tmp_path / "checkpoint.ckpt", model)
+    loaded = load(file)
+    saved = torch.load(file, weights_only=True)
+    classifier = build_model(compose_config(f"model={model}"), IMAGE, 10)
+    classifier.load_state_dict(saved["state_dict"])
+    inputs = torch.randn(5, *IMAGE)
+    assert torch.equal(loaded.net(inputs), classifier.eval()(inputs))
+    assert loaded.model_name == model.upper()
+    assert (loaded.input_shape, loaded.num_classes) == (IMAGE, 10)
+    assert loaded.transform == load_transform(saved)
+
+
+def test_checkpoint_found_from_file_checkpoint_folder_or_run_folder(tmp_path: Path) -> None:
+    file = save_checkpoint(tmp_path / "run" / "ray_train" / "checkpoint_1" / "checkpoint.ckpt")
+    run = tmp_path / "run"
+    (run / "result.json").write_text(json.dumps({"best_checkpoint": str(file.parent)}))
+    assert resolve(file) == resolve(file.parent) == resolve(run) == str(file)
+
+
+def test_checkpoint_in_cloud_storage_is_read_through_its_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = save_checkpoint(tmp_path / "bucket" / "checkpoint_1" / "checkpoint.ckpt")
+
+    class BucketOnDisk:
+        """s3://bucket/... read from tmp_path/bucket/... through pyarrow's local filesystem."""
+
+        @staticmethod
+        def from_uri(uri: str) -> tuple[LocalFileSystem, str]:
+            return LocalFileSystem(), str(tmp_path / uri.removeprefix("s3://"))
+
+    monkeypatch.setattr(checkpoint_module, "FileSystem", BucketOnDisk)
+    assert resolve("s3://bucket/checkpoint_1") == "s3://bucket/checkpoint_1/checkpoint.ckpt"
+    loaded = load("s3://bucket/checkpoint_1/")
+    assert loaded.path == "s3://bucket/checkpoint_1/checkpoint.ckpt"
+    assert torch.equal(loaded.net[1].weight, load(file).net[1].weight)
+    with pytest.raises(CheckpointError, match="Checkpoint not found: s3://bucket/nothing"):
+        load("s3://bucket/nothing")
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "Checkpoint not found"),
+        (b"not a checkpoint at all", "Cannot read checkpoint"),
+        # A pickled object would run code when unpickled; weights_only refuses it.
+        (pickle.dumps(Path("/"), protocol=2), "Cannot read checkpoint"),
+        ({"weights": 1}, "not a Lightning checkpoint"),
+        ({"state_dict": {}}, "does not say how to rebuild its network"),
+    ],
+    ids=["missing", "garbage", "pickled object", "not lightning", "no architecture"],
+)
+def test_unusable_checkpoints_fail_with_clear_message(
+    tmp_path: Path, content: object, message: str
+) -> None:
+    file = tmp_path / "checkpoint.ckpt"
+    if isinstance(content, bytes):
+        file.write_bytes(content)
+    elif content is not None:
+        torch.save(content, file)
+    with pytest.raises(CheckpointError, match=message):
+        load(file)
+
+
+def test_checkpoint_cannot_name_code_outside_the_models_package(tmp_path: Path) -> None:
+    architecture = {"model": {"_target_": "os.system"}, "input_shape": [64], "num_classes": 10}
+    file = save_checkpoint(
+        tmp_path / "checkpoint.ckpt", hyper_parameters={"architecture": architecture}
+    )
+    with pytest.raises(CheckpointError, match="only builds networks from"):
+        load(file)
+
+
+def test_folder_without_checkpoint_says_what_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="neither checkpoint.ckpt nor result.json"):
+        resolve(tmp_path)
+
+
+def test_serve_only_without_ckpt_path_says_what_to_pass() -> None:
+    cfg = compose_config("serve=local", "serve.only=true")
+    with pytest.raises(CheckpointError, match=r"pass ckpt_path="):
+        serve_checkpoint(cfg, cfg.ckpt_path)
+
+
+# ---- The Serve application and its config file -------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["local", "autoscaling"])
+def test_serve_config_file_is_valid_for_serve_run(tmp_path: Path, option: str) -> None:
+    cfg = compose_config(f"serve={option}")
+    args = app_args(cfg.serve, str(save_checkpoint(tmp_path / "checkpoint.ckpt")))
+    config = serve_config(cfg.serve, args)
+    ServeDeploySchema.parse_obj(yaml.safe_load(yaml.safe_dump(config)))  # Ray's own check
+    application = config["applications"][0]
+    assert application["import_path"] == "{{ cookiecutter.package_name }}.serving.app:build_app"
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8000}
+    # What Serve would deploy: the builder's replica settings come from the config group.
+    deployment = build_app(application["args"])._bound_deployment
+    assert deployment.ray_actor_options["num_cpus"] == cfg.serve.resources_per_replica.CPU
+    assert deployment.max_ongoing_requests == cfg.serve.max_ongoing_requests
+    if option == "autoscaling":
+        assert deployment._deployment_config.autoscaling_config.max_replicas == 4
+    else:
+        assert deployment.num_replicas == 1
+
+
+def test_app_args_refuse_typos_and_two_ways_to_scale() -> None:
+    with pytest.raises(ValueError, match="max_batch_sise"):
+        AppArgs.model_validate({"checkpoint_path": "x", "max_batch_sise": 8})
+    with pytest.raises(ValueError, match="exactly one of num_replicas and autoscaling"):
+        AppArgs.model_validate({"checkpoint_path": "x", "autoscaling": {"max_replicas": 2}})
+
+
+def test_kuberay_manifest_uses_this_builder_and_its_args() -> None:
+    manifest = yaml.safe_load((PROJECT_ROOT / "deploy/kuberay/rayservice.yaml").read_text())
+    application = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]
+    assert application["import_path"] == IMPORT_PATH
+    AppArgs.model_validate(application["args"])
+
+
+# ---- End to end: train, serve, query over HTTP, Ctrl-C -----------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeCommand:
+    """`python train.py <overrides>` running in the background, as a researcher would run it."""
+
+    def __init__(self, *overrides: str, run_dir: Path, ray_address: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.run_dir = run_dir
+        self.log_file = run_dir.parent / f"{run_dir.name}.log"
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        overrides += (f"serve.port={self.port}", f"hydra.run.dir={run_dir}")
+        env = {**os.environ, "RAY_ADDRESS": ray_address, "HYDRA_FULL_ERROR": "0"}
+        with self.log_file.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "train.py", *overrides],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_file.read_text()
+
+    def wait_until_healthy(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"exited with {self.process.returncode}:\n{self.log[-5000:]}")
+            try:
+                healthy = httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                healthy = False
+            # Replicas answer a little before the command has finished starting up.
+            if healthy and "Press Ctrl-C to stop" in self.log:
+                return
+            time.sleep(1)
+        self.stop()
+        pytest.fail(f"not healthy after {timeout} s:\n{self.log[-5000:]}")
+
+    def stop(self, signum: int = signal.SIGINT) -> int:
+        """Ctrl-C (or another signal), then wait for the command to exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def served(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCommand]:
+    """Train one epoch, then serve the best checkpoint."""
+    command = ServeCommand(
+        "serve=local",
+        "trainer.max_epochs=1",
+        "serve.max_rows_per_request=16",
+        run_dir=tmp_path_factory.mktemp("serve") / "run",
+        ray_address=ray_address,
+    )
+    command.wait_until_healthy()
+    yield command
+    command.stop()
+
+
+def expected_probabilities(run_dir: Path, rows: np.ndarray) -> torch.Tensor:
+    """The trained model's own output for `rows`, computed here without the server."""
+    best = json.loads((run_dir / "result.json").read_text())["best_checkpoint"]
+    checkpoint = torch.load(Path(best) / "checkpoint.ckpt", weights_only=True)
+    classifier = build_model(compose_config(), IMAGE, 10)
+    classifier.load_state_dict(checkpoint["state_dict"])
+    inputs = torch.from_numpy(load_transform(checkpoint)(rows))
+    with torch.inference_mode():
+        return torch.softmax(classifier.eval()(inputs), dim=1)
+
+
+def digit_rows(count: int) -> np.ndarray:
+    frame = DigitsSource().frame()
+    return frame[[f"pixel_{i}" for i in range(64)]].to_numpy()[:count]
+
+
+@pytest.mark.slow
+def test_predict_returns_the_models_own_predictions(served: ServeCommand) -> None:
+    rows = digit_rows(16)
+    response = httpx.post(f"{served.url}/predict", json={"inputs": rows.tolist()}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = expected_probabilities(served.run_dir, rows)
+    assert body["predictions"] == expected.argmax(dim=1).tolist()
+    assert torch.allclose(torch.tensor(body["probabilities"]), expected, atol=1e-6)
+    nested = rows.reshape(16, *IMAGE)[:2].tolist()
+    again = httpx.post(f"{served.url}/predict", json={"inputs": nested}, timeout=30).json()
+    assert again["predictions"] == body["predictions"][:2]
+
+
+@pytest.mark.slow
+def test_metadata_health_docs_and_serve_config(served: ServeCommand) -> None:
+    metadata = httpx.get(f"{served.url}/metadata", timeout=10).json()
+    best = json.loads((served.run_dir / "result.json").read_text())["best_checkpoint"]
+    assert metadata["checkpoint"] == str(Path(best, "checkpoint.ckpt").resolve())
+    assert metadata["model"] == "MLP"
+    assert metadata["input_shape"] == list(IMAGE)
+    assert metadata["classes"] == list(range(10))
+    assert metadata["device"] == "cpu"
+    assert metadata["max_rows_per_request"] == 16
+    assert httpx.get(f"{served.url}/health", timeout=10).json()["status"] == "ok"
+    assert "swagger" in httpx.get(f"{served.url}/docs", timeout=10).text.lower()
+    paths = httpx.get(f"{served.url}/openapi.json", timeout=10).json()["paths"]
+    assert {"/predict", "/health", "/metadata"} <= set(paths)
+    assert f"Serving at {served.url}" in served.log
+
+    config = yaml.safe_load((served.run_dir / "serve_config.yaml").read_text())
+    ServeDeploySchema.parse_obj(config)
+    assert config["applications"][0]["args"]["checkpoint_path"] == metadata["checkpoint"]
+    assert config["http_options"]["port"] == served.port
+
+
+BAD_BODIES = {
+    "malformed JSON": b'{"inputs": [[0.1, 0.2',
+    "not JSON at all": b"inputs=1,2,3",
+    "no inputs": b'{"rows": [[0.0]]}',
+    "inputs not a list of rows": b'{"inputs": [1, 2, 3]}',
+    "row too short": json.dumps({"inputs": [[0.5] * 63]}).encode(),
+    "row too long": json.dumps({"inputs": [[0.5] * 65]}).encode(),
+    "ragged image": json.dumps({"inputs": [[[[0.5] * 8] * 8, [[0.5] * 7] * 8]]}).encode(),
+    "a string": json.dumps({"inputs": [[0.5] * 63 + ["0.5"]]}).encode(),
+    "a boolean": json.dumps({"inputs": [[True] + [0.5] * 63]}).encode(),
+    "null": json.dumps({"inputs": [[None] * 64]}).encode(),
+    "NaN": ("{" + '"inputs": [[NaN' + ", 0.5" * 63 + "]]}").encode(),
+    "Infinity": ("{" + '"inputs": [[-Infinity' + ", 0.5" * 63 + "]]}").encode(),
+    "beyond float64": ("{" + '"inputs": [[1e999' + ", 0.5" * 63 + "]]}").encode(),
+    "overflows float32 once scaled": json.dumps({"inputs": [[1e300] * 64]}).encode(),
+    "empty batch": b'{"inputs": []}',
+    "more rows than the limit": json.dumps({"inputs": [[0.5] * 64] * 17}).encode(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+def test_bad_requests_get_4xx_with_message(served: ServeCommand, case: str) -> None:
+    response = httpx.post(
+        f"{served.url}/predict",
+        content=BAD_BODIES[case],
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.json()["detail"], response.text
+    # The server keeps serving good requests.
+    good = httpx.post(f"{served.url}/predict", json={"inputs": [[0.5] * 64]}, timeout=30)
+    assert good.status_code == 200
+
+
+@pytest.mark.slow
+def test_concurrent_requests_all_succeed_and_are_batched(served: ServeCommand) -> None:
+    rows = digit_rows(200)
+    expected = expected_probabilities(served.run_dir, rows).argmax(dim=1).tolist()
+    before = httpx.get(f"{served.url}/health", timeout=10).json()
+
+    async def send_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=served.url, timeout=120, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.post("/predict", json={"inputs": [row.tolist()]}) for row in rows)
+            )
+
+    responses = asyncio.run(send_all())
+    assert [response.status_code for response in responses] == [200] * 200
+    # One row per request: a row answered with another request's result would show here.
+    assert [response.json()["predictions"][0] for response in responses] == expected
+    after = httpx.get(f"{served.url}/health", timeout=10).json()
+    assert after["requests"] - before["requests"] == 200
+    assert after["forward_passes"] - before["forward_passes"] < 200
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_serve_and_exits_cleanly(served: ServeCommand) -> None:
+    assert served.stop() == 0, served.log[-5000:]
+    assert "Stopping Serve" in served.log
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{served.url}/health", timeout=5)
+
+
+@pytest.mark.slow
+def test_serve_only_serves_an_existing_run_without_training_until_sigterm(
+    served: ServeCommand, ray_address: str, tmp_path: Path
+) -> None:
+    served.stop()  # one Serve instance per cluster
+    command = ServeCommand(
+        "serve=local",
+        "serve.only=true",
+        f"ckpt_path={served.run_dir}",
+        run_dir=tmp_path / "run",
+        ray_address=ray_address,
+    )
+    try:
+        command.wait_until_healthy()
+        metadata = httpx.get(f"{command.url}/metadata", timeout=10).json()
+        rows = digit_rows(4)
+        body = httpx.post(f"{command.url}/predict", json={"inputs": rows.tolist()}, timeout=30)
+        assert body.json()["predictions"] == (
+            expected_probabilities(served.run_dir, rows).argmax(dim=1).tolist()
+        )
+    finally:
+        # SIGTERM, as `docker stop` and Kubernetes send it, stops as cleanly as Ctrl-C.
+        assert command.stop(signal.SIGTERM) == 0, command.log[-5000:]
+    assert "Stopping Serve" in command.log
+    assert metadata["checkpoint"].startswith(str(served.run_dir.resolve()))
+    assert not (tmp_path / "run" / "ray_train").exists()  # nothing was trained
+    assert (tmp_path / "run" / "serve_config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_missing_checkpoint_stops_the_command_with_message(
+    ray_address: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "serve=local",
+            "serve.only=true",
+            f"ckpt_path={tmp_path / 'nowhere'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "RAY_ADDRESS": ray_address, "HYDRA_FULL_ERROR": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert f"Checkpoint not found: {tmp_path / 'nowhere'} does not exist" in proc.stderr
