@@ -13,8 +13,8 @@ matplotlib.use("Agg")  # files only: sweeps run on machines without a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ray.tune import ResultGrid  # noqa: E402
 
 from .space import format_value  # noqa: E402
@@ -22,6 +22,7 @@ from .space import format_value  # noqa: E402
 RESULTS_FILE = "optimization_results.yaml"
 TRIALS_FILE = "trials.csv"
 PLOT_FILE = "metric_per_epoch.png"
+STATUSES = ("completed", "stopped early", "error", "interrupted", "not run")
 _RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
 
 
@@ -30,7 +31,7 @@ class TrialSummary:
     """One row of trials.csv."""
 
     trial: int
-    status: str  # completed, stopped early, error or not run
+    status: str  # one of STATUSES
     final: float | None  # the metric at the last reported epoch
     best: float | None  # the best value of the metric over the trial's epochs
     epochs: int  # epochs reported to Tune
@@ -52,9 +53,17 @@ class TrialSummary:
 
 
 def summarize_trials(
-    grid: ResultGrid, metric: str, mode: str, max_epochs: int, sweep_dir: Path
+    grid: ResultGrid,
+    metric: str,
+    mode: str,
+    max_epochs: int,
+    sweep_dir: Path,
+    interrupted: list[int] = (),
 ) -> tuple[list[TrialSummary], dict[int, pd.DataFrame]]:
-    """A summary per trial, and each trial's per-epoch history, both keyed by job number."""
+    """A summary per trial, and each trial's per-epoch history, both keyed by job number.
+
+    `interrupted`: the trials that were still running when the sweep was stopped (Ctrl-C).
+    """
     rows, histories = [], {}
     for result in grid:
         number = int(Path(result.path).name.rsplit("_", 1)[-1])
@@ -65,6 +74,8 @@ def summarize_trials(
         output_dir = (result.metrics or {}).get("output_dir") or str(sweep_dir / str(number))
         if result.error is not None:
             status = "error"
+        elif number in interrupted:
+            status = "interrupted"
         elif len(values) == 0:
             status = "not run"  # the sweep ended (e.g. too many failures) before it reported
         elif len(values) < max_epochs:
@@ -83,7 +94,7 @@ def summarize_trials(
                 epochs=len(values),
                 output_dir=output_dir,
                 error=_error_line(result.error),
-                log=str(Path(output_dir) / "train.log") if result.error is not None else "",
+                log=_error_log(result.path, output_dir) if result.error is not None else "",
             )
         )
         histories[number] = history
@@ -154,9 +165,10 @@ def format_summary(
     rows: list[TrialSummary], best: TrialSummary | None, sweep_dir: Path, resume_hint: str = ""
 ) -> str:
     """The few lines printed when a sweep ends."""
-    counts = pd.Series([row.status for row in rows]).value_counts().to_dict() if rows else {}
+    statuses = [row.status for row in rows]
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in STATUSES if s in statuses)
     lines = [
-        f"Sweep finished: {len(rows)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())})",
+        f"Sweep finished: {len(rows)} trials ({counts})",
         f"Results in {sweep_dir}: {RESULTS_FILE}, {TRIALS_FILE}, {PLOT_FILE}",
     ]
     for row in rows:
@@ -171,6 +183,12 @@ def format_summary(
     if resume_hint:
         lines.append(resume_hint)
     return "\n".join(lines)
+
+
+def _error_log(tune_trial_dir: str, output_dir: str) -> str:
+    """Tune's error.txt holds the trial's full traceback; the job's own log is the fallback."""
+    traceback = Path(tune_trial_dir) / "error.txt"
+    return str(traceback if traceback.is_file() else Path(output_dir) / "train.log")
 
 
 def _error_line(error: Any) -> str:

@@ -24,6 +24,7 @@ from hydra.core.override_parser.types import (
     IntervalSweep,
     Override,
     RangeSweep,
+    ValueType,
 )
 from hydra.errors import HydraException
 from ray import tune
@@ -93,14 +94,14 @@ def domain(override: Override) -> Any:
     """The Tune domain of one sweep override."""
     sweep = override.value()
     line = override.input_line
+    if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+        raise SearchSpaceError(f"{line}: glob() is not supported; list the options with choice()")
     unknown = set(sweep.tags) - SUPPORTED_TAGS
     if unknown:
         raise SearchSpaceError(
             f"{line}: unsupported tag(s) {sorted(unknown)}; known: {sorted(SUPPORTED_TAGS)}"
         )
     log = "log" in sweep.tags
-    if override.value_type is not None and override.value_type.name == "GLOB_CHOICE_SWEEP":
-        raise SearchSpaceError(f"{line}: glob() is not supported; list the options with choice()")
     if getattr(sweep, "shuffle", False):
         raise SearchSpaceError(f"{line}: shuffle() has no meaning for a sampled search; drop it")
     if isinstance(sweep, ChoiceSweep):

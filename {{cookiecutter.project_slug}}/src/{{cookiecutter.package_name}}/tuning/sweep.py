@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Domain
 
 from ..training import cluster
@@ -28,27 +29,38 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 EXPERIMENT_NAME = "tune"
 
 
-class FailureBudget(tune.Callback, tune.Stopper):
-    """Counts failed trials and stops the sweep once more than `max_failed` have failed."""
+class SweepMonitor(tune.Callback, tune.Stopper):
+    """Follows trials as they start, finish and fail; stops the sweep after too many failures."""
 
     def __init__(self, max_failed: int) -> None:
         self.max_failed = max_failed
-        self.failed: list[str] = []
+        self.status: dict[int, str] = {}  # job number -> running, finished or error
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.status[job_number(trial.trial_id)] = "running"
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.status[job_number(trial.trial_id)] = "finished"
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.failed.append(trial.trial_id)
+        self.status[job_number(trial.trial_id)] = "error"
+        failed = list(self.status.values()).count("error")
         log.error(
-            "Trial %s failed (%d so far); its log: %s",
-            trial.trial_id,
-            len(self.failed),
-            trial.local_path,
+            "Trial %s failed (%d so far; the sweep stops after %d)",
+            job_number(trial.trial_id),
+            failed,
+            self.max_failed + 1,
         )
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False
 
     def stop_all(self) -> bool:
-        return len(self.failed) > self.max_failed
+        return list(self.status.values()).count("error") > self.max_failed
+
+    def interrupted(self) -> list[int]:
+        """Trials started in this session that neither finished nor failed."""
+        return sorted(number for number, status in self.status.items() if status == "running")
 
 
 def run_sweep(
@@ -64,10 +76,11 @@ def run_sweep(
     with open_dict(config):
         config.hydra.sweep.dir = str(sweep_dir)  # the same folder for every trial, wherever it runs
 
-    params = OmegaConf.to_container(search.get("params") or {}, resolve=True)
+    params = search.get("params")
+    params = OmegaConf.to_container(params, resolve=True) if params else {}
     space = build(arguments, params)
     search_alg = instantiate(search.search_alg) if search.get("search_alg") else None
-    if space.has_grid and search_alg is not None:
+    if space.has_grid and not isinstance(search_alg, BasicVariantGenerator | None):
         raise SearchSpaceError(
             f"search={search.name} samples its own points, so it cannot run a comma list "
             "(`key=a,b` means every value). Write `key=choice(a,b)` to let it choose, or use "
@@ -92,9 +105,9 @@ def run_sweep(
         # and GPUs. Tune needs a non-empty request, so the trial takes a token 1 MiB of memory.
         tune.PlacementGroupFactory([{"memory": 2**20}]),
     )
-    budget = FailureBudget(int(search.max_failed_trials))
+    monitor = SweepMonitor(int(search.max_failed_trials))
     tuner = make_tuner(
-        search, trainable, space, scheduler, search_alg, concurrency, budget, sweep_dir
+        search, trainable, space, scheduler, search_alg, concurrency, monitor, sweep_dir
     )
     log.info(
         "Ray Tune sweep %s: %s samples, up to %s trials at once, space %s, fixed %s",
@@ -107,20 +120,28 @@ def run_sweep(
     grid = tuner.fit()
 
     rows, histories = results.summarize_trials(
-        grid, search.metric, search.mode, int(config.trainer.max_epochs), sweep_dir
+        grid,
+        search.metric,
+        search.mode,
+        int(config.trainer.max_epochs),
+        sweep_dir,
+        interrupted=monitor.interrupted(),
     )
     best = results.write_results(
         sweep_dir, config.hydra.job.name, rows, histories, search.metric, search.mode
     )
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    unfinished = [row for row in rows if row.status in ("interrupted", "not run")]
     resume_hint = ""
-    if unfinished > 0:
+    if unfinished:
         resume_hint = (
-            f"{unfinished} trials did not finish. Continue the sweep with the same command plus: "
-            f"search.resume=true hydra.sweep.dir={sweep_dir}"
+            f"{len(unfinished)} trials did not finish. Continue the sweep with the same command "
+            f"plus: search.resume=true hydra.sweep.dir={sweep_dir}"
         )
     summary = results.format_summary(rows, best, sweep_dir, resume_hint)
     log.info("\n%s", summary)
+    failed = [row for row in rows if row.status == "error"]
+    if best is None and failed:
+        raise RuntimeError(f"Every trial that ran failed; the first: {failed[0].error}")
     return {"best": best, "trials": rows}
 
 
@@ -142,7 +163,7 @@ def make_scheduler(scheduler_cfg: DictConfig | None, space: SearchSpace) -> Any:
     return instantiate(scheduler_cfg, **extra, _convert_="all")
 
 
-def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, budget, sweep_dir):
+def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, monitor, sweep_dir):
     """A new Tuner, or the interrupted one in `sweep_dir` when `search.resume` is set."""
     experiment = sweep_dir / EXPERIMENT_NAME
     if search.resume:
@@ -175,8 +196,8 @@ def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, bud
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME,
             storage_path=str(sweep_dir),
-            stop=budget,
-            callbacks=[budget, JsonLoggerCallback(), CSVLoggerCallback()],
+            stop=monitor,
+            callbacks=[monitor, JsonLoggerCallback(), CSVLoggerCallback()],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=search.get("checkpoints_per_trial")
             ),

@@ -1,0 +1,117 @@
+"""Hydra's override grammar -> Ray Tune search space: every form, escaping, and clear errors."""
+
+import random
+import re
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from ray import tune
+from ray.tune.search.sample import Categorical, Float, Integer
+
+from {{ cookiecutter.package_name }}.tuning.space import SearchSpaceError, build, format_value
+
+
+def sample(domain, n: int = 200) -> list:
+    random.seed(0)
+    return [domain.sample() for _ in range(n)]
+
+
+def test_choice_is_sampled_categorical() -> None:
+    space = build(["model.hidden_dim=choice(64,128,256)"])
+    domain = space.domains["model.hidden_dim"]
+    assert isinstance(domain, Categorical)
+    assert set(sample(domain)) == {64, 128, 256}
+
+
+def test_comma_list_is_every_value() -> None:
+    space = build(["model=mlp,cnn"])
+    assert space.domains["model"] == tune.grid_search(["mlp", "cnn"])
+    assert space.has_grid
+
+
+def test_range_honours_step_and_exclusive_stop() -> None:
+    stepped = build(["model.num_layers=range(1,10,3)"]).domains["model.num_layers"]
+    assert set(sample(stepped)) == {1, 4, 7}
+    unit = build(["model.num_layers=range(1,4)"]).domains["model.num_layers"]
+    assert isinstance(unit, Integer)
+    assert set(sample(unit)) == {1, 2, 3}
+
+
+def test_interval_is_uniform_and_tag_log_is_log_uniform() -> None:
+    uniform = build(["model.dropout=interval(0.1,0.5)"]).domains["model.dropout"]
+    assert isinstance(uniform, Float) and not isinstance(uniform.sampler, Float._LogUniform)
+    assert all(0.1 <= v <= 0.5 for v in sample(uniform))
+    log = build(["optimizer.lr=tag(log,interval(1e-4,1e-1))"]).domains["optimizer.lr"]
+    assert isinstance(log.sampler, Float._LogUniform)
+    values = sample(log, 2000)
+    assert all(1e-4 <= v <= 1e-1 for v in values)
+    # Log-uniform: about a third of the samples in each decade.
+    assert 0.25 < sum(v < 1e-3 for v in values) / len(values) < 0.42
+
+
+def test_tag_int_interval_includes_both_ends() -> None:
+    domain = build(["model.hidden_dim=tag(int,interval(2,4))"]).domains["model.hidden_dim"]
+    assert set(sample(domain)) == {2, 3, 4}
+
+
+def test_fixed_values_pass_through_as_written() -> None:
+    space = build(["trainer.max_epochs=3", "+extra.note='a,b'", "search=asha"])
+    assert space.fixed == ["trainer.max_epochs=3", "+extra.note='a,b'", "search=asha"]
+    assert space.domains == {}
+
+
+def test_quoted_strings_and_commas_survive_a_round_trip() -> None:
+    space = build(["+extra.tag=choice('a,b','c d',plain)"])
+    values = set(sample(space.domains["+extra.tag"]))
+    assert values == {r"a\,b", r"c\ d", "plain"}  # Hydra's escaping keeps them one value
+    parser = OverridesParser.create()
+    for value in values:
+        (override,) = parser.parse_overrides(space.trial_overrides({"+extra.tag": value}))
+        assert not override.is_sweep_override()
+        assert override.value() in {"a,b", "c d", "plain"}
+
+
+def test_escaped_commas_in_values_survive() -> None:
+    space = build([r"+extra.tag=choice(a\,b,c)"])
+    (value,) = {v for v in sample(space.domains["+extra.tag"]) if "a" in v}
+    (override,) = OverridesParser.create().parse_overrides([f"+extra.tag={value}"])
+    assert override.value() == "a,b"
+
+
+def test_trial_overrides_format_each_type() -> None:
+    space = build(["trainer.max_epochs=2"])
+    assert space.trial_overrides({"a": 1, "b": 0.5, "c": True, "d": None, "e": "x"}) == [
+        "trainer.max_epochs=2",
+        "a=1",
+        "b=0.5",
+        "c=true",
+        "d=null",
+        "e=x",
+    ]
+    assert format_value([1, 2]) == "[1,2]"
+
+
+def test_config_params_are_used_and_the_command_line_wins() -> None:
+    params = {"optimizer.lr": "interval(0.1,0.2)", "model.hidden_dim": "choice(8,16)"}
+    space = build(["model.hidden_dim=32"], params)
+    assert isinstance(space.domains["optimizer.lr"], Float)
+    assert "model.hidden_dim" not in space.domains
+    assert space.fixed == ["model.hidden_dim=32"]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model=glob(*)", "glob() is not supported"),
+        ("optimizer.lr=shuffle(1,2)", "shuffle()"),
+        ("optimizer.lr=tag(fancy,interval(0,1))", "unsupported tag"),
+        ("optimizer.lr=tag(log,interval(0,1))", "needs a start above 0"),
+        ("optimizer.lr=interval(1,1)", "needs start < end"),
+        ("model.num_layers=range(5,1)", "the range is empty"),
+        ("hydra.job.name=a,b", "Hydra's own settings cannot be swept"),
+        ("optimizer.lr=choice(", "no viable alternative"),
+    ],
+)
+def test_unsupported_forms_fail_before_anything_runs(override: str, message: str) -> None:
+    with pytest.raises(SearchSpaceError, match=re.escape(message)):
+        build([override])

@@ -1,0 +1,154 @@
+"""Real Ray Tune sweeps through `python train.py -m search=...`, on the shared CPU cluster."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import PROJECT_ROOT, run_train
+
+pytestmark = pytest.mark.slow
+
+# Small and fast: 512 synthetic samples, a few epochs, a checkpoint every other epoch.
+SMALL = ["data=synthetic", "data.num_samples=512", "checkpoint.every_n_epochs=2"]
+
+
+def trials(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "trials.csv") as table:
+        return list(csv.DictReader(table))
+
+
+def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_path: Path) -> None:
+    # Two good and two hopeless learning rates: ASHA must cut at least one hopeless trial.
+    proc = run_train(
+        "-m",
+        "search=asha",
+        "search.num_samples=2",
+        "trainer.max_epochs=4",
+        *SMALL,
+        "optimizer.lr=0.03,1e-7",
+        f"hydra.sweep.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = trials(tmp_path)
+    assert len(rows) == 4
+    assert all(row["status"] in ("completed", "stopped early") for row in rows)
+    stopped = [row for row in rows if row["status"] == "stopped early"]
+    assert stopped and all(int(row["epochs"]) < 4 for row in stopped)
+    assert all(float(row["optimizer.lr"]) == 1e-7 for row in stopped)
+
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    finals = {int(row["trial"]): float(row["final"]) for row in rows}
+    assert results["best_value"] == min(finals.values())
+    assert results["best_params"] == {"optimizer.lr": 0.03}
+    assert results["best_overrides"] == "optimizer.lr=0.03"
+    assert "python train.py optimizer.lr=0.03" in proc.stdout + proc.stderr
+
+    # Every trial is a Hydra job with its own folder, config and TensorBoard logs.
+    for number in finals:
+        job = tmp_path / str(number)
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        assert any(o.startswith("optimizer.lr=") for o in overrides)
+        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "metric_per_epoch.png").stat().st_size > 10_000
+
+
+def test_interrupted_sweep_resumes_and_keeps_finished_trials(
+    ray_address: str, tmp_path: Path
+) -> None:
+    args = [
+        "-m",
+        "search=random",
+        "search.num_samples=3",
+        "search.max_concurrent_trials=1",
+        "trainer.max_epochs=2",
+        *SMALL,
+        "optimizer.lr=tag(log,interval(1e-3,1e-1))",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1"}
+    sweep = subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    first_done = tmp_path / "0" / "result.json"
+    deadline = time.monotonic() + 400
+    while not first_done.exists() and time.monotonic() < deadline and sweep.poll() is None:
+        time.sleep(1)
+    assert first_done.exists(), "the first trial never finished"
+    sweep.send_signal(signal.SIGINT)  # Ctrl-C
+    output, _ = sweep.communicate(timeout=300)
+    assert "search.resume=true" in output, output[-3000:]  # it says how to continue
+    finished_at = first_done.stat().st_mtime
+
+    proc = run_train(*args, "search.resume=true", ray_address=ray_address)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = trials(tmp_path)
+    assert [row["status"] for row in rows] == ["completed"] * 3
+    assert first_done.stat().st_mtime == finished_at  # the finished trial was not run again
+
+
+def test_optuna_sweep_runs_and_samples_in_range(ray_address: str, tmp_path: Path) -> None:
+    proc = run_train(
+        "-m",
+        "search=optuna",
+        "search.num_samples=3",
+        "trainer.max_epochs=2",
+        *SMALL,
+        "model.hidden_dim=choice(16,32)",
+        f"hydra.sweep.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = trials(tmp_path)
+    assert len(rows) == 3
+    assert all(1e-4 <= float(row["optimizer.lr"]) <= 1e-1 for row in rows)
+    assert {row["model.hidden_dim"] for row in rows} <= {"16", "32"}
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {"optimizer.lr", "model.hidden_dim"}
+
+
+def test_failing_trials_are_reported_and_stop_the_sweep(ray_address: str, tmp_path: Path) -> None:
+    # Every trial asks for 3 one-CPU workers on a 2-CPU cluster and fails before training.
+    proc = run_train(
+        "-m",
+        "search=random",
+        "search.num_samples=4",
+        "search.max_failed_trials=1",
+        "scaling.num_workers=choice(3)",
+        f"hydra.sweep.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode != 0
+    assert "Every trial that ran failed" in proc.stderr
+    rows = trials(tmp_path)
+    failed = [row for row in rows if row["status"] == "error"]
+    assert len(failed) >= 2  # more than max_failed_trials=1, then the sweep stopped
+    for row in failed:
+        assert "asks for 3 CPUs" in row["error"]
+        assert Path(row["log"]).is_file()
+        assert "asks for 3 CPUs" in Path(row["log"]).read_text()
+
+
+def test_optuna_rejects_comma_lists_before_running(ray_address: str, tmp_path: Path) -> None:
+    proc = run_train(
+        "-m",
+        "search=optuna",
+        "model=mlp,cnn",
+        f"hydra.sweep.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode != 0
+    assert "Write `key=choice(a,b)`" in proc.stderr
+    assert not (tmp_path / "tune").exists()

@@ -1,0 +1,72 @@
+"""The results files of a sweep, from hand-made trial summaries (no Ray needed)."""
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from {{ cookiecutter.package_name }}.tuning.results import (
+    TrialSummary,
+    best_trial,
+    format_summary,
+    write_results,
+)
+
+
+def summaries(tmp_path: Path) -> tuple[list[TrialSummary], dict[int, pd.DataFrame]]:
+    def row(trial, status, finals, **params):
+        history = pd.DataFrame({"epoch": range(len(finals)), "val_loss": finals})
+        summary = TrialSummary(
+            trial=trial,
+            status=status,
+            final=finals[-1] if finals else None,
+            best=min(finals) if finals else None,
+            epochs=len(finals),
+            output_dir=str(tmp_path / str(trial)),
+            params=params,
+            error="ValueError: boom" if status == "error" else "",
+        )
+        return summary, history
+
+    made = [
+        row(0, "completed", [1.0, 0.5, 0.4], **{"optimizer.lr": 0.01, "+x": "'a b'"}),
+        row(1, "stopped early", [2.0], **{"optimizer.lr": 1e-6, "+x": "c"}),
+        row(2, "completed", [0.9, 0.3, 0.35], **{"optimizer.lr": 0.02, "+x": "d"}),
+        row(3, "error", [], **{"optimizer.lr": 0.5, "+x": "e"}),
+    ]
+    return [m[0] for m in made], {m[0].trial: m[1] for m in made}
+
+
+def test_best_trial_by_final_value_and_mode(tmp_path: Path) -> None:
+    rows, _ = summaries(tmp_path)
+    assert best_trial(rows, "min").trial == 2
+    assert best_trial(rows, "max").trial == 1
+    assert best_trial([rows[3]], "min") is None
+
+
+def test_results_files(tmp_path: Path) -> None:
+    rows, histories = summaries(tmp_path)
+    best = write_results(tmp_path, "train", rows, histories, "val_loss", "min")
+    assert best.trial == 2
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["name"] == "train"
+    assert results["best_value"] == 0.35
+    assert results["best_params"] == {"optimizer.lr": 0.02, "+x": "d"}
+    assert results["best_overrides"] == "optimizer.lr=0.02 +x=d"
+
+    with open(tmp_path / "trials.csv") as table:
+        table_rows = list(csv.DictReader(table))
+    assert [r["status"] for r in table_rows] == ["completed", "stopped early", "completed", "error"]
+    assert table_rows[0]["overrides"] == "optimizer.lr=0.01 '+x='\"'\"'a b'\"'\"''"
+    assert table_rows[3]["error"] == "ValueError: boom"
+    assert (tmp_path / "metric_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_summary_names_best_failures_and_resume(tmp_path: Path) -> None:
+    rows, _ = summaries(tmp_path)
+    text = format_summary(rows, rows[2], tmp_path, "resume with search.resume=true")
+    assert "4 trials (2 completed, 1 stopped early, 1 error)" in text
+    assert "python train.py optimizer.lr=0.02 +x=d" in text
+    assert "trial 3 failed: ValueError: boom" in text
+    assert text.endswith("resume with search.resume=true")
