@@ -1,0 +1,207 @@
+"""Catch bad config values before Ray starts, with one clear line per problem.
+
+Hydra already refuses overrides of keys that do not exist and options a group does not have.
+What is left is checked here:
+- the fixed sections (scaling, checkpoint, fault_tolerance, trainer's epochs) against typed
+  schemas: wrong types and unknown keys;
+- every node with a `_target_` (model, data, optimizer, schedulers, ...) against the signature
+  of what it builds: unknown keys, and numbers where the parameter's default is a number;
+- values that can never work: a learning rate <= 0, zero workers, a batch size of 0, ...;
+- mandatory values (`???`) left unset.
+"""
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+class ConfigError(ValueError):
+    """The config cannot work; the message lists every problem found."""
+
+
+@dataclass
+class ScalingSchema:
+    name: str = "custom"
+    num_workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    threads_per_worker: int | None = None
+    placement_strategy: str = "PACK"
+    accelerator_type: str | None = None
+
+
+@dataclass
+class CheckpointSchema:
+    every_n_epochs: int = 1
+    num_to_keep: int | None = None
+    metric: str = "val_loss"
+    mode: str = "min"
+
+
+@dataclass
+class FaultToleranceSchema:
+    max_failures: int = 0
+
+
+SCHEMAS = {
+    "scaling": ScalingSchema,
+    "checkpoint": CheckpointSchema,
+    "fault_tolerance": FaultToleranceSchema,
+}
+
+# (config key, test, what it must be). Keys that are absent are not checked.
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("scaling.num_workers", lambda v: v >= 1, "at least 1"),
+    ("scaling.threads_per_worker", lambda v: v is None or v >= 1, "null or at least 1"),
+    (
+        "scaling.placement_strategy",
+        lambda v: v in {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},
+        "one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD",
+    ),
+    ("checkpoint.every_n_epochs", lambda v: v >= 1, "at least 1"),
+    ("checkpoint.num_to_keep", lambda v: v is None or v >= 1, "null or at least 1"),
+    ("checkpoint.mode", lambda v: v in {"min", "max"}, "min or max"),
+    ("fault_tolerance.max_failures", lambda v: v >= -1, "-1 (retry forever) or more"),
+    ("trainer.max_epochs", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "a number above 0"),
+    ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number of at least 0"),
+    ("data.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
+    ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
+    ("model.hidden_dim", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
+    ("model.num_layers", lambda v: isinstance(v, int) and v >= 0, "an integer of at least 0"),
+    ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("search.num_samples", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
+    ("search.mode", lambda v: v in {"min", "max"}, "min or max"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every problem in `cfg` (the composed config of train.py)."""
+    problems = [*_missing(cfg), *_schemas(cfg)]
+    if not problems:  # values are only meaningful once their types are right
+        problems += _rules(cfg)
+        checked = {problem.split(" ", 1)[0] for problem in problems}
+        problems += [
+            problem
+            for node_key, node in _targets(cfg)
+            for problem in _signature(node_key, node)
+            if problem.split(" ", 1)[0] not in checked
+        ]
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConfigError(f"Invalid config ({len(problems)} problem(s)):\n{lines}")
+
+
+def _missing(node: Any, key: str = "") -> list[str]:
+    """Keys left at `???`, found without resolving anything (paths need Hydra's runtime)."""
+    problems = []
+    children = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for child in children:
+        path = f"{key}.{child}" if key else str(child)
+        if path == "hydra":
+            continue
+        if OmegaConf.is_missing(node, child):
+            problems.append(f"{path} is mandatory (???): give it a value, e.g. {path}=...")
+        elif isinstance(value := node._get_node(child), DictConfig | ListConfig):
+            problems += _missing(value, path)
+    return problems
+
+
+def _schemas(cfg: DictConfig) -> list[str]:
+    problems = []
+    for section, schema in SCHEMAS.items():
+        if section not in cfg:
+            continue
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
+        except OmegaConfBaseException as error:
+            problems.append(f"{section}: {_first_line(error)}")
+    return problems
+
+
+def _rules(cfg: DictConfig) -> list[str]:
+    problems = []
+    for key, test, expected in RULES:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        try:
+            ok = bool(test(value))
+        except TypeError:
+            ok = False
+        if not ok:
+            problems.append(f"{key} must be {expected}, got {value!r}")
+    return problems
+
+
+def _targets(node: Any, key: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """Every config node with a `_target_`, outside Hydra's own settings."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield key, node
+        for child in node:
+            if not key and child == "hydra":
+                continue
+            yield from _targets(node._get_node(child), f"{key}.{child}" if key else str(child))
+    elif isinstance(node, ListConfig):
+        for index, child in enumerate(node):
+            yield from _targets(child, f"{key}[{index}]")
+
+
+def _signature(key: str, node: DictConfig) -> list[str]:
+    """Keys a `_target_` cannot take, and numbers given as something else."""
+    target = node._target_
+    try:
+        parameters = inspect.signature(_locate(target)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return [f"{key}._target_: cannot import {target!r}"]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        known = None  # takes **kwargs: any key may be meant for it
+    else:
+        known = set(parameters)
+    problems = []
+    for name in node:
+        if name in HYDRA_KEYS:
+            continue
+        if known is not None and name not in known:
+            options = ", ".join(sorted(known - {"self"}))
+            problems.append(f"{key}.{name} is not a parameter of {target} (it takes: {options})")
+            continue
+        parameter = parameters.get(name)
+        default = parameter.default if parameter is not None else None
+        value = node[name]
+        if _number(default) and not isinstance(default, bool) and not _number(value):
+            if value is not None:
+                problems.append(f"{key}.{name} must be a number, got {value!r}")
+    return problems
+
+
+def _locate(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        parent = _locate(module)  # a nested attribute, e.g. a class method
+        return getattr(parent, name)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+class _Absent:
+    pass
+
+
+_ABSENT = _Absent()

@@ -1,0 +1,80 @@
+"""Bad config values stop `train.py` before Ray starts, with one clear line per problem."""
+
+import re
+
+import pytest
+
+from {{ cookiecutter.package_name }}.config import ConfigError, validate
+
+from .conftest import compose_config, run_train
+
+BAD = [
+    (["optimizer.lr=-0.1"], "optimizer.lr must be a number above 0, got -0.1"),
+    (["optimizer.lr=fast"], "optimizer.lr must be a number above 0, got 'fast'"),
+    (["scaling.num_workers=0"], "scaling.num_workers must be at least 1, got 0"),
+    (["scaling.num_workers=two"], "scaling: Value 'two' of type 'str' could not be converted"),
+    (["data.batch_size=0"], "data.batch_size must be an integer of at least 1, got 0"),
+    (["data.val_fraction=1.5"], "data.val_fraction must be a number between 0 and 1"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer of at least 1, got 0"),
+    (["trainer.max_epochs=ten"], "trainer.max_epochs must be an integer of at least 1"),
+    (["checkpoint.mode=best"], "checkpoint.mode must be min or max, got 'best'"),
+    (["checkpoint.every_n_epochs=0"], "checkpoint.every_n_epochs must be at least 1, got 0"),
+    (["+scaling.gpus=2"], "scaling: Key 'gpus' not in 'ScalingSchema'"),
+    (["+model.hiden_dim=64"], "model.hiden_dim is not a parameter of"),
+    (["+optimizer.momentun=0.9"], "optimizer.momentun is not a parameter of torch.optim.Adam"),
+    (["model.dropout=lots"], "model.dropout must be a number in [0, 1), got 'lots'"),
+    (["model.hidden_dim=???"], "model.hidden_dim is mandatory (???)"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=lambda v: str(v)[:40])
+def test_bad_value_gives_one_clear_line(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as raised:
+        validate(compose_config(*overrides))
+    assert "1 problem(s)" in str(raised.value)
+
+
+def test_all_problems_are_listed_together() -> None:
+    cfg = compose_config("optimizer.lr=0", "data.batch_size=0", "scaling.num_workers=0")
+    with pytest.raises(ConfigError, match=r"3 problem\(s\)"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        "model=cnn",
+        "optimizer=sgd",
+        "search=asha",
+        "search=optuna",
+        "search=pbt",
+        "data=synthetic",
+        "experiment=example",
+    ],
+)
+def test_shipped_configs_are_valid(group: str) -> None:
+    validate(compose_config(group))
+
+
+def test_train_py_stops_before_ray_starts(tmp_path) -> None:
+    proc = run_train("optimizer.lr=-1", f"hydra.run.dir={tmp_path}", ray_address="", timeout=120)
+    assert proc.returncode != 0
+    assert "optimizer.lr must be a number above 0, got -1" in proc.stderr
+    assert "Ray" not in proc.stdout + proc.stderr.split("ConfigError")[0]
+
+
+def test_unknown_key_on_the_command_line_is_hydras_error(tmp_path) -> None:
+    proc = run_train("model.hiden_dim=64", f"hydra.run.dir={tmp_path}", ray_address="", timeout=60)
+    assert proc.returncode != 0
+    assert "Could not override 'model.hiden_dim'" in proc.stderr
+
+
+def test_missing_or_corrupt_resume_checkpoint_is_named(tmp_path) -> None:
+    from {{ cookiecutter.package_name }}.training.run import check_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="resume_from=.*nope.ckpt: no such checkpoint"):
+        check_checkpoint(str(tmp_path / "nope.ckpt"))
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="corrupt.ckpt is not a readable checkpoint"):
+        check_checkpoint(str(corrupt))
