@@ -35,16 +35,36 @@ def ray_address() -> Iterator[str]:
     ray.shutdown()
 
 
+def train_env(ray_address: str | None) -> dict[str, str]:
+    """The environment of a `python train.py` subprocess: on `ray_address`, or its own cluster."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    return env
+
+
 def run_train(
-    *overrides: str, ray_address: str, timeout: float = 600
+    *overrides: str, ray_address: str | None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """Run `python train.py <overrides>` as a user would, on the shared cluster."""
-    env = {**os.environ, "RAY_ADDRESS": ray_address, "HYDRA_FULL_ERROR": "0"}
+    """Run `python train.py <overrides>` as a user would, and wait for it."""
     return subprocess.run(
         [sys.executable, "train.py", *overrides],
         cwd=PROJECT_ROOT,
-        env=env,
+        env=train_env(ray_address),
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_train(*overrides: str, ray_address: str | None) -> subprocess.Popen:
+    """Start `python train.py <overrides>` without waiting; stdout and stderr come together."""
+    return subprocess.Popen(
+        [sys.executable, "train.py", *overrides],
+        cwd=PROJECT_ROOT,
+        env=train_env(ray_address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )

@@ -1,17 +1,14 @@
 """Real Ray Tune sweeps through `python train.py -m search=...`, on the shared CPU cluster."""
 
 import csv
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import PROJECT_ROOT, run_train
+from .conftest import run_train, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -73,15 +70,7 @@ def test_interrupted_sweep_resumes_and_keeps_finished_trials(
         "optimizer.lr=tag(log,interval(1e-3,1e-1))",
         f"hydra.sweep.dir={tmp_path}",
     ]
-    env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1"}
-    sweep = subprocess.Popen(
-        [sys.executable, "train.py", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    sweep = start_train(*args, ray_address=ray_address)
     first_done = tmp_path / "0" / "result.json"
     deadline = time.monotonic() + 400
     while not first_done.exists() and time.monotonic() < deadline and sweep.poll() is None:

@@ -15,6 +15,7 @@ from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Domain
 
+from ..config import validate
 from ..training import cluster
 from . import results
 from .space import SearchSpace, SearchSpaceError, build
@@ -71,6 +72,7 @@ def run_sweep(
     arguments: list[str],
 ) -> dict[str, Any]:
     """Run the multirun of `arguments` as a Ray Tune experiment and write its results."""
+    validate(config)
     search = config.search
     sweep_dir = Path(config.hydra.sweep.dir).resolve()
     with open_dict(config):
