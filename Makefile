@@ -6,7 +6,7 @@ DEMO_DIR := build/demo
 # torch goes in first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-quick clean
+.PHONY: setup demo test test-quick bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,17 @@ test: setup
 # Seconds, not minutes: everything but real Ray runs.
 test-quick: setup
 	$(BIN)/python -m pytest tests -m "not slow"
+
+# Benchmarks against plain Lightning, a raw PyTorch loop, Hydra's basic sweep and FastAPI (about
+# 20 minutes on 2 cores; not a test). Writes $(BENCH_DIR)/results.json and results.md.
+# BENCH_ARGS: e.g. --quick, --only training,serving, --repeats 1.
+BENCH_DIR := build/bench
+BENCH_ARGS ?=
+bench: setup
+	rm -rf $(BENCH_DIR)
+	$(BIN)/cookiecutter --no-input --output-dir $(BENCH_DIR) .
+	$(BIN)/pip install --quiet -e "$(BENCH_DIR)/research-project[dev]"
+	$(BIN)/python -m benchmarks.run --project $(BENCH_DIR)/research-project --out $(BENCH_DIR) $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV)

@@ -1,0 +1,1 @@
+"""Benchmarks of a generated project against the setups researchers would use instead."""

@@ -1,0 +1,95 @@
+"""Run the benchmarks on a generated project; write results.json and results.md.
+
+    python -m benchmarks.run --project build/bench/research-project --out build/bench
+
+`make bench` bakes the project, installs it and runs this. Each figure compares two things run
+side by side in this one invocation; every number is the median of --repeats runs. Not a test:
+it needs minutes and a quiet machine (other heavy processes skew it).
+"""
+
+import argparse
+import json
+import shutil
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import overhead, serving, sweeps, template, training
+from .harness import Context, machine, versions
+from .report import markdown
+
+BENCHMARKS = {
+    "training": training.run,
+    "overhead": overhead.run,
+    "sweeps": sweeps.run,
+    "serving": serving.run,
+    "template": template.run,
+}
+
+
+def main() -> None:
+    arguments = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    arguments.add_argument("--project", type=Path, required=True, help="a generated project")
+    arguments.add_argument("--package", default=None, help="its package (default: from src/)")
+    arguments.add_argument("--out", type=Path, default=Path("build/bench"))
+    arguments.add_argument("--only", default=",".join(BENCHMARKS), help="comma list of benchmarks")
+    arguments.add_argument("--repeats", type=int, default=3)
+    arguments.add_argument("--sweep-repeats", type=int, default=1, help="sweeps are long")
+    arguments.add_argument("--quick", action="store_true", help="fewer epochs, trials, seconds")
+    arguments.add_argument("--full-tests", action="store_true", help="also the slow project tests")
+    args = arguments.parse_args()
+
+    project = args.project.resolve()
+    package = args.package or next(p.parent.name for p in project.glob("src/*/__init__.py"))
+    out = args.out.resolve()
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(only) - set(BENCHMARKS)
+    if unknown:
+        arguments.error(f"unknown benchmarks {sorted(unknown)}; choose from {list(BENCHMARKS)}")
+    ctx = Context(
+        project=project,
+        package=package,
+        work=work,
+        repeats=args.repeats,
+        sweep_repeats=args.sweep_repeats,
+        quick=args.quick,
+        log=out / "bench.log",
+    )
+    ctx.log.write_text("")
+    results = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": {
+            "repeats": args.repeats,
+            "sweep_repeats": args.sweep_repeats,
+            "quick": args.quick,
+        },
+        "benchmarks": {},
+    }
+    for name in BENCHMARKS:  # in this order: serving reuses the training benchmark's run
+        if name not in only:
+            continue
+        print(f"[bench] {name} ...", flush=True)
+        started = time.perf_counter()
+        try:
+            kwargs = {"full_tests": args.full_tests} if name == "template" else {}
+            result = BENCHMARKS[name](ctx, **kwargs)
+        except Exception as error:  # one broken benchmark must not lose the others' numbers
+            traceback.print_exc()
+            result = {"error": f"{type(error).__name__}: {error}"[:2000]}
+        result["benchmark_s"] = time.perf_counter() - started
+        results["benchmarks"][name] = result
+        print(f"[bench] {name} done in {result['benchmark_s']:.0f} s", flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    print((out / "results.md").read_text())
+    print(f"[bench] wrote {out / 'results.json'} and {out / 'results.md'}; log in {ctx.log}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""4. Serving: the project's Ray Serve app (`serve=local serve.only=true`) against a plain
+FastAPI + uvicorn app serving the same checkpoint, at 1 and 32 concurrent connections.
+
+Each request is one row of the model's input; both servers get the same request bodies. The
+load generator runs in this process while the server runs in its own.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from .harness import Context, median, ratio, run_timed
+from .loadgen import generate, payloads
+
+HOST = "127.0.0.1"
+CONCURRENCY = (1, 32)
+
+
+def wait_until_up(process: subprocess.Popen, url: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing answered at {url} within {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def checkpoint_for(ctx: Context) -> str:
+    """The training benchmark's run, or a fresh 1-epoch run when serving runs alone."""
+    if "run_dir" in ctx.shared:
+        return ctx.shared["run_dir"]
+    folder = ctx.work / "serving" / "train"
+    run_timed(ctx.train_py("trainer.max_epochs=1", f"hydra.run.dir={folder}"), ctx)
+    return str(folder)
+
+
+def measure(ctx: Context, name: str, cmd: list[str], port: int, width: int | None) -> tuple:
+    seconds = 2.0 if ctx.quick else 6.0
+    with open(ctx.log, "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        process = subprocess.Popen(
+            cmd,
+            cwd=ctx.project,
+            env=ctx.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    results: dict[int, list[dict]] = {c: [] for c in CONCURRENCY}
+    try:
+        wait_until_up(process, f"http://{HOST}:{port}/health")
+        if width is None:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/metadata", timeout=10) as answer:
+                width = math.prod(json.loads(answer.read())["input_shape"])
+        bodies = payloads(width)
+        generate(HOST, port, "/predict", bodies, 32, 1.0)  # warm-up
+        for _ in range(ctx.repeats):
+            for concurrency in CONCURRENCY:
+                load = generate(HOST, port, "/predict", bodies, concurrency, seconds)
+                results[concurrency].append(load.summary())
+    finally:
+        stop(process)
+    return results, width
+
+
+def run(ctx: Context) -> dict:
+    checkpoint = checkpoint_for(ctx)
+    serve_port, fastapi_port = 8123, 8124
+    serve_cmd = ctx.train_py(
+        "serve=local",
+        "serve.only=true",
+        f"ckpt_path={checkpoint}",
+        f"serve.port={serve_port}",
+        f"hydra.run.dir={Path(ctx.work) / 'serving' / 'serve'}",
+    )
+    fastapi_cmd = ctx.baseline(
+        "fastapi_app", "--checkpoint", checkpoint, "--port", str(fastapi_port)
+    )
+    serve_results, width = measure(ctx, "ray_serve", serve_cmd, serve_port, None)
+    fastapi_results, _ = measure(ctx, "fastapi", fastapi_cmd, fastapi_port, width)
+    table = {}
+    for concurrency in CONCURRENCY:
+        row = {}
+        for name, results in (("ray_serve", serve_results), ("fastapi", fastapi_results)):
+            runs = results[concurrency]
+            row[name] = {
+                key: median([run[key] for run in runs])
+                for key in ("requests_per_s", "p50_ms", "p99_ms")
+            }
+            row[name]["errors"] = sum(run["errors"] for run in runs)
+        row["throughput_ratio"] = ratio(
+            row["ray_serve"]["requests_per_s"], row["fastapi"]["requests_per_s"]
+        )
+        table[str(concurrency)] = row
+    goals = {
+        "concurrency 1: >= 0.5x": (table["1"]["throughput_ratio"] or 0) >= 0.5,
+        "concurrency 32: >= 1x": (table["32"]["throughput_ratio"] or 0) >= 1.0,
+    }
+    return {
+        "checkpoint": checkpoint,
+        "rows_per_request": 1,
+        "by_concurrency": table,
+        "goals": goals,
+        "raw": {"ray_serve": serve_results, "fastapi": fastapi_results},
+    }
