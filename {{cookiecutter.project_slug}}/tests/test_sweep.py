@@ -22,11 +22,13 @@ def trials(sweep_dir: Path) -> list[dict]:
 
 
 def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_path: Path) -> None:
-    # Two good and two hopeless learning rates: ASHA must cut at least one hopeless trial.
+    # Two good and two hopeless learning rates, one trial at a time: by the time a hopeless trial
+    # reports its first epoch, a good one has, so ASHA must cut it.
     proc = run_train(
         "-m",
         "search=asha",
         "search.num_samples=2",
+        "search.max_concurrent_trials=1",
         "trainer.max_epochs=4",
         *SMALL,
         "optimizer.lr=0.03,1e-7",

@@ -20,7 +20,13 @@ class RayTuneSweeperConf:
     _target_: str = "hydra_plugins.{{ cookiecutter.package_name }}_sweeper.ray_tune_sweeper.RayTuneSweeper"
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="ray_tune", node=RayTuneSweeperConf)
+# Named after the package: Hydra loads the plugins of every project installed in the
+# environment, and two projects' sweepers must not take each other's place.
+ConfigStore.instance().store(
+    group="hydra/sweeper",
+    name="{{ cookiecutter.package_name }}_ray_tune",
+    node=RayTuneSweeperConf,
+)
 
 
 class RayTuneSweeper(Sweeper):

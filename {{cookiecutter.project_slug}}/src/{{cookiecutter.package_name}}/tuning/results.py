@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ray.tune import ResultGrid  # noqa: E402
 
 from .space import format_value  # noqa: E402
+from .trial import job_number  # noqa: E402
 
 RESULTS_FILE = "optimization_results.yaml"
 TRIALS_FILE = "trials.csv"
@@ -66,19 +67,22 @@ def summarize_trials(
     """
     rows, histories = [], {}
     for result in grid:
-        number = int(Path(result.path).name.rsplit("_", 1)[-1])
+        number = job_number(result.path)
         history = (
             result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         )
         values = history[metric].dropna() if metric in history else pd.Series(dtype=float)
         output_dir = (result.metrics or {}).get("output_dir") or str(sweep_dir / str(number))
+        # Epochs trained, from the epoch counter: a trial resumed from a checkpoint (after an
+        # interruption, or PBT's hand-over) reports fewer times than it has epochs.
+        epochs = int(history["epoch"].max()) + 1 if len(values) and "epoch" in history else 0
         if result.error is not None:
             status = "error"
         elif number in interrupted:
             status = "interrupted"
         elif len(values) == 0:
             status = "not run"  # the sweep ended (e.g. too many failures) before it reported
-        elif len(values) < max_epochs:
+        elif epochs < max_epochs:
             status = "stopped early"
         else:
             status = "completed"
@@ -86,12 +90,12 @@ def summarize_trials(
             TrialSummary(
                 trial=number,
                 status=status,
-                params=dict(result.config),
+                params=dict(result.config or {}),
                 final=float(values.iloc[-1]) if len(values) else None,
                 best=float(values.min() if mode == "min" else values.max())
                 if len(values)
                 else None,
-                epochs=len(values),
+                epochs=epochs,
                 output_dir=output_dir,
                 error=_error_line(result.error),
                 log=_error_log(result.path, output_dir) if result.error is not None else "",

@@ -38,17 +38,17 @@ class SweepMonitor(tune.Callback, tune.Stopper):
         self.status: dict[int, str] = {}  # job number -> running, finished or error
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.status[job_number(trial.trial_id)] = "running"
+        self.status[job_number(trial.custom_dirname)] = "running"
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.status[job_number(trial.trial_id)] = "finished"
+        self.status[job_number(trial.custom_dirname)] = "finished"
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.status[job_number(trial.trial_id)] = "error"
+        self.status[job_number(trial.custom_dirname)] = "error"
         failed = list(self.status.values()).count("error")
         log.error(
             "Trial %s failed (%d so far; the sweep stops after %d)",
-            job_number(trial.trial_id),
+            job_number(trial.custom_dirname),
             failed,
             self.max_failed + 1,
         )
@@ -193,7 +193,7 @@ def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, mon
             scheduler=scheduler,
             search_alg=search_alg,
             max_concurrent_trials=concurrency,
-            trial_dirname_creator=lambda trial: f"trial_{job_number(trial.trial_id)}",
+            trial_dirname_creator=lambda trial: f"trial_{job_number(trial.custom_dirname)}",
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME,

@@ -34,16 +34,36 @@ class TrialContext:
     hydra_state: Any = None
 
 
-def job_number(trial_id: str) -> int:
-    """Tune numbers trials `<experiment>_00003`; the job folder takes that number."""
-    return int(trial_id.rsplit("_", 1)[-1])
+TRIAL_DIR_PREFIX = "trial_"
+
+
+class TrialNumbers:
+    """Names Tune's trial folders `trial_0`, `trial_1`, ... in the order trials are created.
+
+    The number is also the trial's Hydra job number (its folder in the sweep dir). Tune's trial
+    ids cannot serve: search algorithms such as Optuna make random ones. A resumed sweep goes
+    on from the highest number already used.
+    """
+
+    def __init__(self, experiment_dir: Path) -> None:
+        used = [job_number(path) for path in experiment_dir.glob(f"{TRIAL_DIR_PREFIX}*")]
+        self.next = max(used, default=-1) + 1
+
+    def __call__(self, trial: Any) -> str:
+        self.next += 1
+        return f"{TRIAL_DIR_PREFIX}{self.next - 1}"
+
+
+def job_number(trial_dir: str | Path) -> int:
+    """The job number of a trial, from its folder name (`trial_3` -> 3)."""
+    return int(Path(trial_dir).name.removeprefix(TRIAL_DIR_PREFIX))
 
 
 def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     """The Tune function trainable: run the trial's Hydra job, reporting every epoch to Tune."""
     Singleton.set_state(context.hydra_state)
     setup_globals()
-    number = job_number(tune.get_context().get_trial_id())
+    number = job_number(tune.get_context().get_trial_dir())
     overrides = context.space.trial_overrides(sampled)
     config = context.hydra_context.config_loader.load_sweep_config(context.config, overrides)
     with open_dict(config):

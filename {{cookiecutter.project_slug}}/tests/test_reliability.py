@@ -1,0 +1,103 @@
+"""Fault tolerance, resuming an interrupted run, and clean Ctrl-C, with real Ray processes."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from .conftest import run_train, start_train
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["data=synthetic", "data.num_samples=2048", "checkpoint.every_n_epochs=1"]
+
+
+def wait_for_checkpoints(run_dir: Path, count: int, proc: subprocess.Popen) -> None:
+    """Wait until Ray Train has registered `count` epochs' checkpoints (not just written them:
+    a report still queued in a worker is lost with it)."""
+    snapshot = run_dir / "ray_train" / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+            if latest and latest["metrics"]["epoch"] >= count - 1:
+                return
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no {count} checkpoints in {run_dir}; output:\n{proc.stdout.read()}")
+
+
+def pids(pattern: str) -> set[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return {int(pid) for pid in found.split()}
+
+
+def val_loss_steps(run_dir: Path) -> list[int]:
+    return [
+        event.step
+        for event in EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("val_loss")
+    ]
+
+
+def test_killed_worker_restarts_from_the_latest_checkpoint(
+    ray_address: str, tmp_path: Path
+) -> None:
+    workers_before = pids("ray::RayTrainWorker")
+    proc = start_train(
+        "trainer.max_epochs=5",
+        "fault_tolerance.max_failures=1",
+        *SMALL,
+        f"hydra.run.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    wait_for_checkpoints(tmp_path, 2, proc)
+    (worker,) = pids("ray::RayTrainWorker") - workers_before
+    os.kill(worker, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output[-4000:]
+
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["metrics"]["epoch"] == 4  # all 5 epochs, counted from 0
+    # Restarted from a checkpoint, not from scratch: the first epoch was trained once. (Epochs
+    # after the last registered checkpoint are trained again: that is what a restart costs.)
+    steps = val_loss_steps(tmp_path)
+    assert len(set(steps)) == 5 and steps.count(min(steps)) == 1, steps
+
+
+def test_interrupted_run_resumes_in_the_same_folder(ray_address: str, tmp_path: Path) -> None:
+    args = ["trainer.max_epochs=5", *SMALL, f"hydra.run.dir={tmp_path}"]
+    proc = start_train(*args, ray_address=ray_address)
+    wait_for_checkpoints(tmp_path, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert not (tmp_path / "result.json").exists()
+    trained_before = len(set(val_loss_steps(tmp_path)))
+    assert 2 <= trained_before < 5
+
+    again = run_train(*args, ray_address=ray_address)
+    assert again.returncode == 0, again.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["metrics"]["epoch"] == 4
+    steps = val_loss_steps(tmp_path)  # TensorBoard continues the same run
+    assert len(set(steps)) == 5 and steps.count(min(steps)) == 1, steps
+
+
+def test_ctrl_c_leaves_no_ray_processes_behind(tmp_path: Path) -> None:
+    raylets_before = pids("raylet")
+    proc = start_train(
+        "trainer.max_epochs=50", *SMALL, f"hydra.run.dir={tmp_path}", ray_address=None
+    )  # its own local cluster
+    wait_for_checkpoints(tmp_path, 1, proc)
+    assert pids("raylet") - raylets_before, "the run did not start its own cluster"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    deadline = time.monotonic() + 30
+    while pids("raylet") - raylets_before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not pids("raylet") - raylets_before
