@@ -14,7 +14,7 @@ from .conftest import run_train, start_train
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["data=synthetic", "data.num_samples=2048", "checkpoint.every_n_epochs=1"]
+SMALL = ["data=synthetic", "data.source.num_samples=2048", "checkpoint.every_n_epochs=1"]
 
 
 def wait_for_checkpoints(run_dir: Path, count: int, proc: subprocess.Popen) -> None:

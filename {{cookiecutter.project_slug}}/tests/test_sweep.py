@@ -13,7 +13,7 @@ from .conftest import run_train, start_train
 pytestmark = pytest.mark.slow
 
 # Small and fast: 512 synthetic samples, a few epochs, a checkpoint every other epoch.
-SMALL = ["data=synthetic", "data.num_samples=512", "checkpoint.every_n_epochs=2"]
+SMALL = ["data=synthetic", "data.source.num_samples=512", "checkpoint.every_n_epochs=2"]
 
 
 def trials(sweep_dir: Path) -> list[dict]:

@@ -19,7 +19,7 @@ from ..config import validate
 from ..training import cluster
 from . import results
 from .space import SearchSpace, SearchSpaceError, build
-from .trial import TrialContext, job_number, run_trial
+from .trial import TrialContext, TrialNumbers, job_number, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, mon
             scheduler=scheduler,
             search_alg=search_alg,
             max_concurrent_trials=concurrency,
-            trial_dirname_creator=lambda trial: f"trial_{job_number(trial.custom_dirname)}",
+            trial_dirname_creator=TrialNumbers(sweep_dir / EXPERIMENT_NAME),
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME,
