@@ -1,7 +1,8 @@
 """Train a model: `python train.py [group=option ...] [key=value ...]`.
 
-One entry point for everything: a single run (the default), a Ray Tune sweep (`-m search=asha`)
-and serving (`serve=local`). Configs live in configs/; README.md lists the common overrides.
+One entry point for everything: a single run (the default), a Ray Tune sweep (`-m search=asha`),
+serving (`serve=local`) and batch prediction (`predict=batch predict.checkpoint=<run folder>`).
+Configs live in configs/; README.md lists the common overrides.
 """
 
 import hydra
@@ -11,6 +12,12 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # Imported here so that `--help` and `--cfg job` answer without loading torch and Ray.
+    if cfg.predict.name != "none":
+        from {{ cookiecutter.package_name }}.data.prediction import predict
+
+        predict(cfg)
+        return None
+
     serving = cfg.serve.name != "none"
     if serving and cfg.serve.only:  # serve an existing checkpoint, no training
         return serve(cfg, cfg.ckpt_path)

@@ -20,6 +20,7 @@ GROUPS = [
     "scaling",
     "search",
     "serve",
+    "predict",
     "paths",
     "experiment",
     "debug",
@@ -57,9 +58,9 @@ def test_models_build_for_digits(model: str) -> None:
     import torch
 
     cfg = compose_config(f"model={model}", "data=digits")
-    datamodule = instantiate(cfg.data)
-    net = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
-    logits = net(torch.zeros(3, *datamodule.input_shape))
+    source = instantiate(cfg.data.source)
+    net = build_model(cfg, source.input_shape, source.num_classes)
+    logits = net(torch.zeros(3, *source.input_shape))
     assert logits.shape == (3, 10)
 
 

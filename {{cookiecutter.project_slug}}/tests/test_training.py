@@ -46,7 +46,7 @@ def test_same_seed_same_metrics(ray_address: str, tmp_path: Path) -> None:
             f"seed={seed}",
             "trainer.max_epochs=1",
             "data=synthetic",
-            "data.num_samples=512",
+            "data.source.num_samples=512",
             output_dir=tmp_path / name,
         )
         return train(cfg)["metrics"]

@@ -1,7 +1,25 @@
-"""Datasets as LightningDataModules. Each one says its `input_shape` and `num_classes`."""
+"""Data as Ray Datasets: sources, the seeded split, preprocessing, worker shards, prediction.
 
-from .base import TensorDataModule
-from .digits import DigitsDataModule
-from .synthetic import SyntheticDataModule
+sources.py       where rows come from (digits, synthetic, parquet, csv)
+split.py         the seeded train/validation split
+preprocessing.py the fitted transform, stored in checkpoints (`load_transform` for serving)
+pipeline.py      the driver's side: read, check, split, fit, materialize
+loader.py        the worker's side: its shard of each split, as Lightning batches
+prediction.py    offline batch prediction with a trained checkpoint
+"""
 
-__all__ = ["DigitsDataModule", "SyntheticDataModule", "TensorDataModule"]
+from .pipeline import PreparedData, build_source, prepare
+from .preprocessing import Transform, load_transform
+from .sources import CsvSource, DigitsSource, ParquetSource, SyntheticSource
+
+__all__ = [
+    "CsvSource",
+    "DigitsSource",
+    "ParquetSource",
+    "PreparedData",
+    "SyntheticSource",
+    "Transform",
+    "build_source",
+    "load_transform",
+    "prepare",
+]

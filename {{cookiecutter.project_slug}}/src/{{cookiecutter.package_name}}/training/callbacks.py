@@ -2,9 +2,12 @@
 
 import os
 import tempfile
+from typing import Any
 
 import lightning as L
 import ray.train
+
+from ..data.preprocessing import CHECKPOINT_KEY
 
 CHECKPOINT_FILE = "checkpoint.ckpt"
 
@@ -37,3 +40,19 @@ class RayReportCallback(L.Callback):
             if trainer.global_rank == 0:
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class SaveDataState(L.Callback):
+    """Store the data's preprocessing and columns in every checkpoint, under `checkpoint["data"]`.
+
+    Batch prediction and serving rebuild the exact training-time transform from it with
+    `data.preprocessing.load_transform`. Plain values only, for torch.load(weights_only=True).
+    """
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.state

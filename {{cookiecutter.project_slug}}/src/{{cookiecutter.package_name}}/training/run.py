@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ..data import prepare
 from . import cluster
 from .worker import train_loop_per_worker
 
@@ -45,11 +46,17 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     """A TorchTrainer for `cfg`, checked against the cluster it will run on."""
     cluster.connect(cfg.ray)
     cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
+    # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
+    data = prepare(cfg.data)
+    data.check_shards(cfg.scaling.num_workers)
+    loop_config = OmegaConf.to_container(cfg, resolve=True)
+    loop_config["data_info"] = data.worker_info()
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=OmegaConf.to_container(cfg, resolve=True),
+        train_loop_config=loop_config,
         scaling_config=scaling_config(cfg.scaling),
         run_config=run_config(cfg, callbacks),
+        datasets={"train": data.train, "val": data.val},
     )
 
 

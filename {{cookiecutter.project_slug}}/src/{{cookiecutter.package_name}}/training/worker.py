@@ -13,8 +13,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
+from ..data.loader import ShardBatches
 from ..models import Classifier
-from .callbacks import CHECKPOINT_FILE, RayReportCallback
+from .callbacks import CHECKPOINT_FILE, RayReportCallback, SaveDataState
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
@@ -38,22 +39,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(int(threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data)
-    model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
+    # The driver prepared the data (run.py); this worker reads only its own shard of each split.
+    info = cfg.data_info
+    model = build_model(cfg, info.input_shape, info.num_classes)
+    train_batches = ShardBatches(
+        "train",
+        cfg.data.batch_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        seed=cfg.seed,
+        prefetch_batches=cfg.data.prefetch_batches,
+        num_rows=info.train_rows,
+        cache=cfg.data.cache_in_worker,
+    )
+    val_batches = ShardBatches(
+        "val",
+        cfg.data.batch_size,
+        prefetch_batches=cfg.data.prefetch_batches,
+        num_rows=info.val_rows,
+        cache=cfg.data.cache_in_worker,
+    )
     trainer = L.Trainer(
         **cfg.trainer,
         accelerator="gpu" if cfg.scaling.use_gpu else "cpu",
         devices="auto",
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
-        callbacks=[RayReportCallback(cfg.checkpoint.every_n_epochs)],
+        callbacks=[
+            RayReportCallback(cfg.checkpoint.every_n_epochs),
+            SaveDataState(OmegaConf.to_container(info.checkpoint_state)),
+        ],
         logger=TensorBoardLogger(save_dir=cfg.logger.save_dir, name="", version=""),
         enable_checkpointing=False,
     )
     trainer = prepare_trainer(trainer)
 
     with ExitStack() as stack:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(stack, cfg))
+        trainer.fit(model, train_batches, val_batches, ckpt_path=_resume_path(stack, cfg))
 
 
 def _resume_path(stack: ExitStack, cfg: DictConfig) -> str | None:

@@ -1,0 +1,92 @@
+"""The worker's side of the data: its own shard of a split, as batches for Lightning.
+
+Ray Train splits every dataset passed to the TorchTrainer across the workers
+(`streaming_split(num_workers, equal=True)`): in each epoch a worker sees only its own rows,
+and all workers get the same number of rows so that they take the same number of DDP steps. Up
+to num_workers - 1 rows of a split are left out of an epoch for that.
+"""
+
+import math
+from collections.abc import Iterator
+
+import ray.train
+import torch
+
+
+class ShardBatches:
+    """Iterable of (features, labels) batches over this worker's shard of `split`.
+
+    Each pass (epoch) shuffles within a buffer of `shuffle_buffer` rows, seeded by `seed` and
+    the epoch, so a 1-worker run repeats exactly. A buffer at least as large as the shard is a
+    full shuffle; 0 keeps the stored order (use it for validation).
+
+    With `cache`, the first complete pass keeps the shard's tensors and later passes reshuffle
+    them in memory: Ray Data's start-up cost per pass (about 0.2 s on 2 cores, more than a
+    whole epoch of the digits) is paid once. The worker then keeps the rows of its first epoch.
+    """
+
+    def __init__(
+        self,
+        split: str,
+        batch_size: int,
+        shuffle_buffer: int = 0,
+        seed: int | None = None,
+        prefetch_batches: int = 1,
+        num_rows: int | None = None,
+        cache: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.shard = ray.train.get_dataset_shard(split)
+        self.batch_size = batch_size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.prefetch_batches = prefetch_batches
+        self.num_rows = num_rows
+        self.cache = cache
+        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seed = None if self.seed is None else self.seed + self.epoch
+        self.epoch += 1
+        if self.cached is not None:
+            yield from self._from_cache(seed)
+            return
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        batches = self.shard.iter_torch_batches(
+            batch_size=self.batch_size,
+            local_shuffle_buffer_size=self.shuffle_buffer or None,
+            local_shuffle_seed=seed if self.shuffle_buffer else None,
+            prefetch_batches=self.prefetch_batches,
+        )
+        for batch in batches:
+            features, labels = batch["features"], batch["label"]
+            if self.cache:
+                kept.append((features, labels))
+            yield features, labels
+        # Only a complete pass is kept (Lightning's sanity check reads two batches and stops).
+        if self.cache and kept:
+            self.cached = (torch.cat([f for f, _ in kept]), torch.cat([y for _, y in kept]))
+
+    def _from_cache(self, seed: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        features, labels = self.cached
+        order = torch.arange(len(labels))
+        if self.shuffle_buffer:
+            generator = torch.Generator()
+            if seed is not None:
+                generator.manual_seed(seed)
+            order = torch.randperm(len(labels), generator=generator)
+        order = order.to(features.device)
+        for start in range(0, len(labels), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            yield features[rows], labels[rows]
+
+    def __len__(self) -> int:
+        # Lightning asks for the length; unknown for datasets streamed without materializing.
+        if self.cached is not None:
+            return math.ceil(len(self.cached[1]) / self.batch_size)
+        if self.num_rows is None:
+            raise TypeError("the number of rows of a streamed dataset is not known in advance")
+        rows_per_worker = self.num_rows // ray.train.get_context().get_world_size()
+        return math.ceil(rows_per_worker / self.batch_size)

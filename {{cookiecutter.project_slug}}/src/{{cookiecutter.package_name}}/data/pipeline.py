@@ -1,0 +1,182 @@
+"""The driver's side of the data: read, check, split, fit preprocessing, produce Ray Datasets.
+
+`prepare(cfg.data)` runs once per training run, in the driver. Its `train` and `val` datasets go
+to Ray Train, which hands each worker its own shard of both (see loader.py).
+"""
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import ray.data
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from .preprocessing import ToExamples, Transform, fit_transform
+from .sources import TableSource
+from .split import train_val_split
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Training-ready datasets (columns `features` and `label`) and what the model needs to know."""
+
+    train: ray.data.Dataset
+    val: ray.data.Dataset
+    transform: Transform
+    label_column: str
+    num_classes: int
+    # Known when the datasets are materialized; each worker then knows its number of batches.
+    train_rows: int | None = None
+    val_rows: int | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.transform.input_shape
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What every checkpoint stores, so that prediction and serving rebuild the inputs."""
+        return {
+            **self.transform.state(),
+            "label_column": self.label_column,
+            "num_classes": self.num_classes,
+        }
+
+    def worker_info(self) -> dict[str, Any]:
+        """What each training worker needs besides its shards, as plain values."""
+        return {
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "train_rows": self.train_rows,
+            "val_rows": self.val_rows,
+            "checkpoint_state": self.checkpoint_state(),
+        }
+
+    def check_shards(self, num_workers: int) -> None:
+        """Every worker must get at least one row of each split, or Lightning stops on that rank."""
+        for split, rows in (("train", self.train_rows), ("val", self.val_rows)):
+            if rows is not None and rows < num_workers:
+                raise ValueError(
+                    f"the {split} split has {rows} rows, fewer than the {num_workers} workers; "
+                    f"use more data, fewer workers or another data.val_fraction"
+                )
+
+
+def build_source(data_cfg: DictConfig) -> TableSource:
+    return instantiate(data_cfg.source, _convert_="all")
+
+
+def prepare(data_cfg: DictConfig) -> PreparedData:
+    """Read `data_cfg.source`, check it, split it and fit the preprocessing on the train split."""
+    # Otherwise every worker prints multi-line progress bars for each split in every epoch, and
+    # on a small machine forwarding them to the driver costs more than the epoch itself.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    source = build_source(data_cfg)
+    table = source.read()
+    feature_columns = check_columns(table, source)
+    if data_cfg.materialize:
+        # Read once; the label check, split, fitting and transform all reuse the blocks.
+        table = table.materialize()
+    num_classes = check_labels(table, source.label_column, source.num_classes)
+    input_shape = source.input_shape or (len(feature_columns),)
+    if math.prod(input_shape) != len(feature_columns):
+        raise ValueError(
+            f"data.source.input_shape {list(input_shape)} holds {math.prod(input_shape)} values, "
+            f"but there are {len(feature_columns)} feature columns"
+        )
+    train_table, val_table = train_val_split(
+        table, feature_columns, data_cfg.val_fraction, data_cfg.split_seed
+    )
+    transform = fit_transform(train_table, feature_columns, input_shape, data_cfg.preprocess)
+    to_examples = ToExamples(transform, source.label_column)
+    train = train_table.map_batches(to_examples, batch_format="numpy")
+    val = val_table.map_batches(to_examples, batch_format="numpy")
+    counts: tuple[int | None, int | None] = (None, None)
+    if data_cfg.materialize:
+        # Preprocessed once here instead of again in every epoch.
+        train, val = train.materialize(), val.materialize()
+        counts = (train.count(), val.count())
+        for split, rows in zip(("train", "val"), counts, strict=True):
+            if rows == 0:
+                raise ValueError(f"the {split} split is empty; adjust data.val_fraction")
+    return PreparedData(train, val, transform, source.label_column, num_classes, *counts)
+
+
+def check_columns(table: ray.data.Dataset, source: TableSource) -> list[str]:
+    """The feature columns, after checking that they and the label column exist and are numeric."""
+    schema = table.schema()
+    types = dict(zip(schema.names, schema.types, strict=True))
+    wanted = [source.label_column] + (source.feature_columns or [])
+    missing = [column for column in wanted if column not in types]
+    if missing:
+        raise KeyError(
+            f"column(s) {', '.join(missing)} not found in the data; it has: "
+            f"{', '.join(schema.names)}. Set data.source.feature_columns / label_column."
+        )
+    features = source.feature_columns or [c for c in schema.names if c != source.label_column]
+    if not features:
+        raise ValueError(f"the data has no columns besides the label {source.label_column!r}")
+    not_numeric = [c for c in features if not _is_numeric(types[c])]
+    if not_numeric:
+        raise TypeError(
+            f"feature column(s) {', '.join(not_numeric)} are not numeric "
+            f"({', '.join(str(types[c]) for c in not_numeric)}); encode them first or leave "
+            f"them out of data.source.feature_columns"
+        )
+    return features
+
+
+def check_labels(table: ray.data.Dataset, label_column: str, num_classes: int | None) -> int:
+    """The number of classes, after checking that labels are class indices 0 .. num_classes-1."""
+    summaries = table.map_batches(
+        partial(_label_summary, label_column=label_column), batch_format="pandas"
+    ).take_all()
+    bad = sum(int(row["bad"]) for row in summaries)
+    if bad:
+        example = next(row["example"] for row in summaries if row["bad"])
+        raise ValueError(
+            f"label column {label_column!r} must hold integer class indices 0, 1, 2, ...; "
+            f"{bad} row(s) do not, e.g. {example}. Map labels to indices first."
+        )
+    largest = max((int(row["max"]) for row in summaries if row["max"] >= 0), default=-1)
+    if num_classes is None:
+        if largest < 1:
+            raise ValueError(f"label column {label_column!r} needs at least two classes")
+        return largest + 1
+    if largest >= num_classes:
+        raise ValueError(
+            f"label column {label_column!r} holds the label {largest}, but "
+            f"data.source.num_classes is {num_classes} (labels must be below it)"
+        )
+    return num_classes
+
+
+def _label_summary(batch: pd.DataFrame, label_column: str) -> pd.DataFrame:
+    labels = batch[label_column]
+    # Through object first: Arrow-backed text (how Ray hands over parquet strings) would
+    # otherwise come back from to_numeric as missing-but-not-NaN and pass as a label.
+    numeric = pd.to_numeric(labels.astype(object), errors="coerce").astype(np.float64)
+    bad = numeric.isna() | (numeric < 0) | (numeric != np.floor(numeric))
+    good = numeric[~bad]
+    return pd.DataFrame(
+        {
+            "bad": [int(bad.sum())],
+            "max": [int(good.max()) if len(good) else -1],
+            "example": [repr(labels[bad].iloc[0]) if bad.any() else ""],
+        }
+    )
+
+
+def _is_numeric(arrow_type: Any) -> bool:
+    if not isinstance(arrow_type, pa.DataType):
+        return np.issubdtype(np.dtype(arrow_type), np.number)
+    return (
+        pa.types.is_integer(arrow_type)
+        or pa.types.is_floating(arrow_type)
+        or pa.types.is_boolean(arrow_type)
+        or pa.types.is_decimal(arrow_type)
+    )
