@@ -5,11 +5,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ..config import validate
 from ..data import prepare
+from ..tuning import reporting
 from . import cluster
 from .worker import train_loop_per_worker
 
@@ -42,8 +45,24 @@ def run_config(cfg: DictConfig, callbacks: list | None = None) -> RunConfig:
     )
 
 
+def check_checkpoint(path: str) -> None:
+    """Fail now, in plain words, if `path` is not a readable Lightning checkpoint file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"resume_from={path}: no such checkpoint file")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise ValueError(
+            f"resume_from={path} is not a readable checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
+        ) from error
+
+
 def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer for `cfg`, checked against the cluster it will run on."""
+    validate(cfg)
+    if cfg.get("resume_from"):
+        check_checkpoint(cfg.resume_from)
     cluster.connect(cfg.ray)
     cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
@@ -77,8 +96,15 @@ def summarize(result: Result, cfg: DictConfig) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job under Ray Train and write `<output_dir>/result.json`."""
-    result = build_trainer(cfg).fit()
+    """Run one training job under Ray Train and write `<output_dir>/result.json`.
+
+    Inside a Ray Tune trial (a sweep), every epoch's report is forwarded to Tune as it happens.
+    """
+    tune_reporter = reporting.active()
+    if tune_reporter is None:
+        result = build_trainer(cfg).fit()
+    else:
+        result = tune_reporter.fit(build_trainer(cfg, callbacks=tune_reporter.callbacks))
     summary = summarize(result, cfg)
     write_result(summary, cfg.paths.output_dir)
     return summary

@@ -81,11 +81,11 @@ def _resume_path(stack: ExitStack, cfg: DictConfig) -> str | None:
     """The Lightning checkpoint to continue from, if any.
 
     Ray's own latest checkpoint comes first: it is there after a worker failure or when the same
-    run is started again. Otherwise `start_from` (set by the sweeper when a trial is restored or
+    run is started again. Otherwise `resume_from` (set by the sweeper when a trial is restored or
     exploits another trial's checkpoint).
     """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         directory = stack.enter_context(checkpoint.as_directory())
         return os.path.join(directory, CHECKPOINT_FILE)
-    return cfg.get("start_from") or None
+    return cfg.get("resume_from") or None
