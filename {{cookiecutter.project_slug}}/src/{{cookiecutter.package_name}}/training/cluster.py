@@ -98,9 +98,13 @@ def check_fits(scaling: Mapping[str, Any], copies: int = 1, autoscaling: bool = 
 
 
 def max_concurrent_groups(scaling: Mapping[str, Any]) -> int:
-    """How many worker groups of `scaling` fit on the cluster at once (at least 1)."""
+    """How many worker groups of `scaling` fit in what the cluster has free now (at least 1).
+
+    Free, not total: CPUs held by something else (a Serve replica, another job) would leave
+    the extra trials waiting for workers that can never start.
+    """
     workers = int(scaling["num_workers"])
-    total = ray.cluster_resources()
+    total = ray.available_resources()
     fits = [
         math.floor(total.get(resource, 0.0) / (per_worker * workers))
         for resource, per_worker in worker_bundle(scaling).items()
