@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 from pyarrow.fs import LocalFileSystem
+from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from {{ cookiecutter.package_name }}.data import DigitsSource, Transform, load_transform
@@ -298,6 +299,9 @@ def served(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     command.wait_until_healthy()
     yield command
     command.stop()
+    # Leave the shared test cluster as it was: no Serve replica keeps holding a CPU that later
+    # tests (sweeps) count on.
+    serve.shutdown()
 
 
 def expected_probabilities(run_dir: Path, rows: np.ndarray) -> torch.Tensor:
