@@ -22,9 +22,18 @@ def bake(output_dir: Path, **answers) -> Path:
     )
 
 
-def run(cmd: list[str], cwd: Path, timeout: float = 1800, **env: str) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, timeout: float = 1800, **env: str
+) -> subprocess.CompletedProcess:
+    # Callers assert on the return code themselves, with the output in the message.
     return subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+        check=False,
     )
 
 

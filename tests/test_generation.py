@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import DEFAULTS, bake, python, run
+from .conftest import DEFAULTS, TEMPLATE, bake, python, run
 
 # accelerator x license x github_actions, each with one of the Python versions in turn.
 COMBINATIONS = [
@@ -24,6 +24,10 @@ COMBINATIONS = [
     )
 ]
 LEFTOVER = re.compile(r"{{ ?cookiecutter|{%|%}|cookiecutter\.")
+
+
+def names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=\[ ]", line.strip())[0] for line in requirements if line.strip()}
 
 
 def ids(answers: dict) -> str:
@@ -55,12 +59,16 @@ def test_layout_and_names(baked) -> None:
     assert pyproject["project"]["name"] == "protein-folding"
     assert pyproject["project"]["requires-python"] == f">={answers['python_version']}"
     dependencies = " ".join(pyproject["project"]["dependencies"])
-    for needed in ("hydra-core", "omegaconf", "ray[train,tune,serve,data]", "torch>=", "lightning",
-                   "tensorboard"):
+    for needed in (
+        "hydra-core",
+        "omegaconf",
+        "ray[train,tune,serve,data]",
+        "torch>=",
+        "lightning",
+        "tensorboard",
+    ):
         assert needed in dependencies
-    assert {"pytest", "ruff"} <= {
-        re.split(r"[<>=\[]", dep)[0] for dep in pyproject["project"]["optional-dependencies"]["dev"]
-    }
+    assert {"pytest", "ruff"} <= names(pyproject["project"]["optional-dependencies"]["dev"])
     assert (project / "LICENSE").is_file() == (answers["license"] != "none")
     assert not (project / "licenses").exists()
     workflow = project / ".github" / "workflows" / "ci.yaml"
@@ -69,6 +77,19 @@ def test_layout_and_names(baked) -> None:
         text = workflow.read_text()
         assert "${{ github.workflow }}-${{ github.ref }}" in text
         assert yaml.safe_load(text)["jobs"]["test"]["steps"]
+
+
+def test_template_test_requirements_cover_the_projects_stack(
+    default_project: Path,
+) -> None:
+    # The template's tests run baked projects from source: their venv needs the project's stack.
+    pyproject = tomllib.loads((default_project / "pyproject.toml").read_text())
+    lines = (TEMPLATE / "requirements-dev.txt").read_text().splitlines()
+    ours = names(line for line in lines if not line.startswith("#"))
+    needed = names(
+        pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"]["dev"]
+    )
+    assert needed - {"torch"} <= ours  # torch: `make setup` installs the CPU wheel first
 
 
 def test_every_yaml_file_parses(baked) -> None:

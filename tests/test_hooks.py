@@ -41,7 +41,7 @@ def test_bad_answer_is_rejected_and_nothing_generated(
 
 
 def test_awkward_text_survives(tmp_path: Path) -> None:
-    tricky = 'He said "hi" \\ and {braces} \'quotes\'; import os'
+    tricky = "He said \"hi\" \\ and {braces} 'quotes'; import os"
     project = bake(tmp_path, project_name="Quotes Project", description=tricky, author_name=tricky)
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     assert pyproject["project"]["description"] == tricky
@@ -56,7 +56,12 @@ def test_hooks_are_safe_to_run_twice(tmp_path: Path) -> None:
     files = sorted(p.relative_to(first) for p in first.rglob("*"))
     from cookiecutter.main import cookiecutter
 
-    cookiecutter(str(TEMPLATE), no_input=True, extra_context={"project_name": "Twice"},
-                 output_dir=str(tmp_path), overwrite_if_exists=True)
+    cookiecutter(
+        str(TEMPLATE),
+        no_input=True,
+        extra_context={"project_name": "Twice"},
+        output_dir=str(tmp_path),
+        overwrite_if_exists=True,
+    )
     assert sorted(p.relative_to(first) for p in first.rglob("*")) == files
     assert not (first / ".git").exists()

@@ -1,5 +1,6 @@
-"""The results files of a sweep, from hand-made trial summaries (no Ray needed)."""
+"""The results files of a sweep, from hand-made trial summaries (no Ray cluster needed)."""
 
+import copy
 import csv
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from {{ cookiecutter.package_name }}.tuning.results import (
     format_summary,
     write_results,
 )
+from {{ cookiecutter.package_name }}.tuning.trial import TrialNumbers, job_number
 
 
 def summaries(tmp_path: Path) -> tuple[list[TrialSummary], dict[int, pd.DataFrame]]:
@@ -70,3 +72,15 @@ def test_summary_names_best_failures_and_resume(tmp_path: Path) -> None:
     assert "python train.py optimizer.lr=0.02 +x=d" in text
     assert "trial 3 failed: ValueError: boom" in text
     assert text.endswith("resume with search.resume=true")
+
+
+def test_trial_numbers_survive_tunes_copies_and_resume(tmp_path: Path) -> None:
+    # Tune deep-copies the dirname creator for every trial it creates; numbers must not repeat.
+    numbers = TrialNumbers(tmp_path)
+    names = [copy.deepcopy(numbers)(trial=None) for _ in range(3)]
+    assert names == ["trial_0", "trial_1", "trial_2"]
+    assert [job_number(tmp_path / name) for name in names] == [0, 1, 2]
+    # A resumed sweep goes on after the highest number already on disk.
+    (tmp_path / "trial_0").mkdir()
+    (tmp_path / "trial_4").mkdir()
+    assert TrialNumbers(tmp_path)(trial=None) == "trial_5"

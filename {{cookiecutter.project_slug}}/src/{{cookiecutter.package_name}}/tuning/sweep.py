@@ -97,6 +97,9 @@ def run_sweep(
     if not autoscaling:
         fits = cluster.max_concurrent_groups(config.scaling)
         concurrency = min(concurrency, fits) if concurrency else fits
+    if isinstance(search_alg, BasicVariantGenerator) and concurrency:
+        # Tune applies max_concurrent_trials only to a generator it creates itself.
+        search_alg.max_concurrent = concurrency
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")

@@ -53,6 +53,11 @@ class TrialNumbers:
         self.next += 1
         return f"{TRIAL_DIR_PREFIX}{self.next - 1}"
 
+    def __deepcopy__(self, memo: dict) -> "TrialNumbers":
+        # Tune deep-copies the experiment spec, this counter with it, for every trial it
+        # creates: copies would all start from the same number. One counter per sweep.
+        return self
+
 
 def job_number(trial_dir: str | Path) -> int:
     """The job number of a trial, from its folder name (`trial_3` -> 3)."""
