@@ -40,11 +40,6 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     assert [event.step for event in val_loss] and len(val_loss) == 2
 
 
-@pytest.mark.xfail(
-    reason="known bug since the Ray Data pipeline: two runs with one seed differed under load "
-    "(val_loss 2.0896 vs ...); see the session notes",
-    strict=False,
-)
 def test_same_seed_same_metrics(ray_address: str, tmp_path: Path) -> None:
     def metrics(seed: int, name: str) -> dict:
         cfg = compose_config(

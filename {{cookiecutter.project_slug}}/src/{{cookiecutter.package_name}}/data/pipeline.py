@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray.data
+import ray.train
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -56,6 +57,11 @@ class PreparedData:
             "checkpoint_state": self.checkpoint_state(),
         }
 
+    @staticmethod
+    def ingest_config() -> ray.train.DataConfig:
+        """How Ray Train shards the splits: with the driver's Ray Data options set in prepare()."""
+        return ray.train.DataConfig(execution_options=ray.train.DataConfig.default_ingest_options())
+
     def check_shards(self, num_workers: int) -> None:
         """Every worker must get at least one row of each split, or Lightning stops on that rank."""
         for split, rows in (("train", self.train_rows), ("val", self.val_rows)):
@@ -72,9 +78,13 @@ def build_source(data_cfg: DictConfig) -> TableSource:
 
 def prepare(data_cfg: DictConfig) -> PreparedData:
     """Read `data_cfg.source`, check it, split it and fit the preprocessing on the train split."""
+    context = ray.data.DataContext.get_current()
     # Otherwise every worker prints multi-line progress bars for each split in every epoch, and
     # on a small machine forwarding them to the driver costs more than the epoch itself.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context.enable_progress_bars = False
+    # Blocks in a fixed order, not as they finish: the same seed then gives the same statistics,
+    # batches and metrics. Ray Train carries it to the workers' shards (ingest_config).
+    context.execution_options.preserve_order = bool(data_cfg.preserve_order)
     source = build_source(data_cfg)
     table = source.read()
     feature_columns = check_columns(table, source)
