@@ -26,10 +26,10 @@ from pyarrow.fs import LocalFileSystem
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
+from {{ cookiecutter.package_name }} import checkpoints as checkpoint_module
+from {{ cookiecutter.package_name }}.checkpoints import CheckpointError, load, resolve
 from {{ cookiecutter.package_name }}.data import DigitsSource, Transform, load_transform
-from {{ cookiecutter.package_name }}.serving import checkpoint as checkpoint_module
 from {{ cookiecutter.package_name }}.serving.app import AppArgs, build_app
-from {{ cookiecutter.package_name }}.serving.checkpoint import CheckpointError, load, resolve
 from {{ cookiecutter.package_name }}.serving.inputs import InvalidInput, check_finite, to_features
 from {{ cookiecutter.package_name }}.serving.launch import (
     IMPORT_PATH,
@@ -122,6 +122,13 @@ def test_checkpoint_found_from_file_checkpoint_folder_or_run_folder(tmp_path: Pa
     run = tmp_path / "run"
     (run / "result.json").write_text(json.dumps({"best_checkpoint": str(file.parent)}))
     assert resolve(file) == resolve(file.parent) == resolve(run) == str(file)
+    # A run whose checkpoints were not ranked stands for its latest one.
+    summary = {"best_checkpoint": None, "latest_checkpoint": str(file.parent)}
+    (run / "result.json").write_text(json.dumps(summary))
+    assert resolve(run) == str(file)
+    (run / "result.json").write_text(json.dumps({"best_checkpoint": None}))
+    with pytest.raises(CheckpointError, match="names no checkpoint"):
+        resolve(run)
 
 
 def test_checkpoint_in_cloud_storage_is_read_through_its_filesystem(

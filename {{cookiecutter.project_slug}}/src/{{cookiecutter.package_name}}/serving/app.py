@@ -14,7 +14,7 @@ from ray import serve
 from ray.serve import Application
 
 from .. import __version__
-from .checkpoint import load
+from ..checkpoints import load
 from .inputs import InvalidInput, check_finite, to_features
 
 

@@ -12,9 +12,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from ray import serve
 
+from ..checkpoints import CheckpointError, load, resolve
 from ..training import cluster
 from .app import AppArgs, build_app
-from .checkpoint import CheckpointError, load, resolve
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,8 @@ from typing import Any
 import lightning as L
 import ray.train
 
+from ..checkpoints import CHECKPOINT_FILE
 from ..data.preprocessing import CHECKPOINT_KEY
-
-CHECKPOINT_FILE = "checkpoint.ckpt"
 
 
 class RayReportCallback(L.Callback):

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ..checkpoints import RESULT_FILE
 from ..config import validate
 from ..data import prepare
 from ..tuning import reporting
@@ -17,8 +18,6 @@ from . import cluster
 from .worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
-
-RESULT_FILE = "result.json"
 
 
 def scaling_config(scaling: DictConfig) -> ScalingConfig:

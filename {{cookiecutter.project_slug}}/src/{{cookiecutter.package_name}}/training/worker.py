@@ -13,9 +13,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
+from ..checkpoints import CHECKPOINT_FILE
 from ..data.loader import ShardBatches
 from ..models import Classifier
-from .callbacks import CHECKPOINT_FILE, RayReportCallback, SaveDataState
+from .callbacks import RayReportCallback, SaveDataState
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:

@@ -17,7 +17,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 from ray import tune
 
-from ..training.callbacks import CHECKPOINT_FILE
+from ..checkpoints import CHECKPOINT_FILE
 from .reporting import reporting_to_tune
 from .space import SearchSpace
 

@@ -1,4 +1,8 @@
-"""Finding a trained checkpoint and rebuilding its network without unpickling any code."""
+"""Trained checkpoints: where they are, and rebuilding their network without unpickling code.
+
+Training writes them (training/callbacks.py, training/run.py); batch prediction
+(data/prediction.py) and serving (serving/) read them through `resolve` and `load`.
+"""
 
 import importlib
 import io
@@ -11,19 +15,17 @@ import torch
 from pyarrow.fs import FileSystem, FileType
 from torch import nn
 
-from .. import models
-from ..data.preprocessing import Transform, load_transform
-from ..data.sources import is_uri, resolve_path
+from . import models
+from .data.preprocessing import Transform, load_transform
+from .data.sources import is_uri, resolve_path
 
-# The names training uses: training/callbacks.py writes this file in every Ray checkpoint folder,
-# training/run.py writes result.json in the run folder. Repeated here so that a serving replica
-# does not import the training driver just to read two names.
+# The Lightning checkpoint in every Ray checkpoint folder, and the run summary in a run folder.
 CHECKPOINT_FILE = "checkpoint.ckpt"
 RESULT_FILE = "result.json"
 
 
 class CheckpointError(RuntimeError):
-    """The checkpoint to serve is missing, unreadable or lacks what serving needs."""
+    """The checkpoint is missing, unreadable or lacks what prediction and serving need."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,8 @@ class LoadedModel:
 
 def resolve(path: str | Path) -> str:
     """The checkpoint file meant by `path`: the file itself, a Ray checkpoint folder, or a run
-    folder (whose result.json names the best checkpoint). Files and checkpoint folders may be
+    folder (whose result.json names its best checkpoint, or its latest if none was ranked).
+    Files and checkpoint folders may be
     URIs (s3://, gs://): a cluster's replicas cannot see the disk of the machine that trained."""
     if is_uri(str(path)):
         return _resolve_uri(str(path))
@@ -55,14 +58,15 @@ def resolve(path: str | Path) -> str:
         return str((given / CHECKPOINT_FILE).resolve())
     result_file = given / RESULT_FILE
     if result_file.is_file():
-        best = json.loads(result_file.read_text()).get("best_checkpoint")
-        if not best:
-            raise CheckpointError(f"{result_file} names no best checkpoint: the run saved none.")
+        summary = json.loads(result_file.read_text())
+        chosen = summary.get("best_checkpoint") or summary.get("latest_checkpoint")
+        if not chosen:
+            raise CheckpointError(f"{result_file} names no checkpoint: the run saved none.")
         try:
-            return resolve(best)
+            return resolve(chosen)
         except CheckpointError as error:
             raise CheckpointError(
-                f"{result_file} names {best} as the best checkpoint, but: {error} (was the run "
+                f"{result_file} names the checkpoint {chosen}, but: {error} (was the run "
                 f"moved? pass the checkpoint folder instead)"
             ) from error
     raise CheckpointError(
