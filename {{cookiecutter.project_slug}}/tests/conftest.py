@@ -1,6 +1,7 @@
 """Shared fixtures. One Ray cluster serves the whole test session: starting Ray costs ~10 s."""
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -56,6 +57,17 @@ def run_train(
         text=True,
         timeout=timeout,
     )
+
+
+def failure(proc: subprocess.CompletedProcess) -> str:
+    """What went wrong in a train.py run: its Python tracebacks and the end of its output.
+
+    Ray's log lines follow the error, so the last few thousand characters alone often miss it.
+    """
+    errors = proc.stderr or ""
+    starts = [found.start() for found in re.finditer(r"Traceback \(most recent call", errors)]
+    parts = [errors[start : start + 3000] for start in starts[-2:]]
+    return "\n...\n".join([*parts, errors[-2000:]])
 
 
 def start_train(*overrides: str, ray_address: str | None) -> subprocess.Popen:

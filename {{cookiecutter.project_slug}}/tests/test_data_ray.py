@@ -15,7 +15,7 @@ from {{ cookiecutter.package_name }}.data import DigitsSource, load_transform, p
 from {{ cookiecutter.package_name }}.data.loader import ShardBatches
 from {{ cookiecutter.package_name }}.training.worker import build_model
 
-from .conftest import compose_config, run_train
+from .conftest import compose_config, failure, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def parquet_run(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> P
         f"hydra.run.dir={folder / 'run'}",
         ray_address=ray_address,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure(proc)
     return folder / "run"
 
 
@@ -118,7 +118,7 @@ def test_batch_prediction_equals_the_model_in_memory(
         f"hydra.run.dir={tmp_path / 'scoring'}",
         ray_address=ray_address,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure(proc)
     scored = pd.read_parquet(tmp_path / "scoring" / "predictions").set_index("id").loc[to_score.id]
     assert sorted(scored.columns) == ["label", "prediction", "probabilities"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import run_train, start_train
+from .conftest import failure, run_train, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_interrupted_run_resumes_in_the_same_folder(ray_address: str, tmp_path: 
     assert 2 <= trained_before < 5
 
     again = run_train(*args, ray_address=ray_address)
-    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.returncode == 0, failure(again)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["metrics"]["epoch"] == 4
     steps = val_loss_steps(tmp_path)  # TensorBoard continues the same run

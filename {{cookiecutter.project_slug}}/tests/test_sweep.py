@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import run_train, start_train
+from .conftest import failure, run_train, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         f"hydra.sweep.dir={tmp_path}",
         ray_address=ray_address,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, failure(proc)
     rows = trials(tmp_path)
     assert len(rows) == 4
     assert all(row["status"] in ("completed", "stopped early") for row in rows)
@@ -98,7 +98,7 @@ def test_interrupted_sweep_resumes_and_keeps_finished_trials(
     finished_at = first_done.stat().st_mtime
 
     proc = run_train(*args, "search.resume=true", ray_address=ray_address)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, failure(proc)
     rows = trials(tmp_path)
     assert [row["status"] for row in rows] == ["completed"] * 3
     assert first_done.stat().st_mtime == finished_at  # the finished trial was not run again
@@ -115,7 +115,7 @@ def test_optuna_sweep_runs_and_samples_in_range(ray_address: str, tmp_path: Path
         f"hydra.sweep.dir={tmp_path}",
         ray_address=ray_address,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, failure(proc)
     rows = trials(tmp_path)
     assert len(rows) == 3
     assert all(1e-4 <= float(row["optimizer.lr"]) <= 1e-1 for row in rows)

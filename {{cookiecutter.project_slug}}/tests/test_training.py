@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from {{ cookiecutter.package_name }}.training import cluster, train
 
-from .conftest import compose_config, run_train
+from .conftest import compose_config, failure, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
         f"hydra.run.dir={run_dir}",
         ray_address=ray_address,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure(proc)
 
     result = json.loads((run_dir / "result.json").read_text())
     assert result["metrics"]["epoch"] == 1

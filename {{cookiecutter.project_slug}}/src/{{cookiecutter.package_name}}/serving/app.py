@@ -34,6 +34,7 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     max_rows_per_request: int = Field(1024, ge=1)
+    access_log: bool = False
 
     @model_validator(mode="after")
     def _one_way_to_scale(self) -> "AppArgs":
@@ -182,6 +183,7 @@ def build_app(args: dict[str, Any]) -> Application:
     deployment = ModelServer.options(
         ray_actor_options=actor_options,
         max_ongoing_requests=settings.max_ongoing_requests,
+        logging_config={"enable_access_log": settings.access_log},
         **scale,
     )
     return deployment.bind(settings.model_dump())

@@ -85,7 +85,10 @@ def serve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> None:
     # which container runtimes send to stop, is treated as Ctrl-C too.
     previous_handlers = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
     try:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(
+            http_options={"host": host, "port": port},
+            logging_config={"enable_access_log": bool(cfg.serve.access_log)},
+        )
         serve.run(build_app(args), name=cfg.serve.app_name, route_prefix=prefix)
         url = f"http://{host}:{port}{prefix.rstrip('/')}"
         _warn_if_unreachable(f"http://127.0.0.1:{port}{prefix.rstrip('/')}/health")
