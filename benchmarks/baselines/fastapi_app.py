@@ -27,7 +27,7 @@ class PredictResponse(BaseModel):
 
 
 def build(package: str, checkpoint: str) -> FastAPI:
-    loader = importlib.import_module(f"{package}.serving.checkpoint")
+    loader = importlib.import_module(f"{package}.checkpoints")
     model = loader.load(loader.resolve(checkpoint))
     model.net.eval()
     app = FastAPI()

@@ -32,7 +32,7 @@ class AppArgs(BaseModel):
     resources_per_replica: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
     max_rows_per_request: int = Field(1024, ge=1)
     access_log: bool = False
 
@@ -150,7 +150,7 @@ class ModelServer:
         )
 
     # Sizes here are placeholders: __init__ sets the configured ones.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _forward(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
         """Class probabilities for several requests' rows in one forward pass."""
         merged = torch.cat(batches)
