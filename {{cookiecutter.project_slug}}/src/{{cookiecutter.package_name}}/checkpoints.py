@@ -40,6 +40,12 @@ class LoadedModel:
     model_config: dict[str, Any]
     input_shape: tuple[int, ...]
     num_classes: int
+    device: str = "cpu"
+
+    @torch.inference_mode()
+    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, on the CPU, for a batch of model inputs."""
+        return torch.softmax(self.net(inputs.to(self.device)), dim=1).cpu()
 
 
 def resolve(path: str | Path) -> str:
@@ -121,6 +127,7 @@ def load(path: str | Path, device: str = "cpu") -> LoadedModel:
         model_config=model_config,
         input_shape=input_shape,
         num_classes=num_classes,
+        device=device,
     )
 
 

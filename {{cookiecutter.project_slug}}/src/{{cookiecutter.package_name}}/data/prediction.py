@@ -31,14 +31,11 @@ class Scorer:
     def __init__(self, checkpoint_file: str, use_gpu: bool) -> None:
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load(checkpoint_file, device=device)
-        self.device = torch.device(device)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         columns = list(self.model.transform.feature_columns)
         inputs = torch.from_numpy(self.model.transform(batch[columns].to_numpy()))
-        with torch.inference_mode():
-            logits = self.model.net(inputs.to(self.device))
-            probabilities = torch.softmax(logits, dim=1).cpu().numpy()
+        probabilities = self.model.probabilities(inputs).numpy()
         scored = batch.drop(columns=columns)
         scored["prediction"] = probabilities.argmax(axis=1).astype(np.int64)
         # Python lists make a plain list<float> parquet column that any reader understands.

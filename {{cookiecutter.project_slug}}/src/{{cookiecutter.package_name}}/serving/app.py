@@ -155,14 +155,9 @@ class ModelServer:
         """Class probabilities for several requests' rows in one forward pass."""
         merged = torch.cat(batches)
         # In a thread, so that the event loop keeps accepting requests for the next batch.
-        probabilities = await asyncio.to_thread(self._probabilities, merged)
+        probabilities = await asyncio.to_thread(self.model.probabilities, merged)
         self.forward_passes += 1
         return list(probabilities.split([len(batch) for batch in batches]))
-
-    @torch.inference_mode()
-    def _probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
-        logits = self.model.net(inputs.to(self.settings.device))
-        return torch.softmax(logits, dim=1).cpu()
 
 
 def build_app(args: dict[str, Any]) -> Application:
