@@ -1,5 +1,6 @@
 """Ray Data under Ray Train: worker shards, training on a parquet file, batch prediction."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -38,11 +39,14 @@ def test_two_workers_see_disjoint_shards_that_cover_the_split(
             "train", 16, shuffle_buffer=64, seed=0, num_rows=config["rows"], cache=True
         )
         for epoch in range(2):
-            seen = [batch for batch, _ in batches]
+            # As Lightning reads: len(batches) batches, leaving the iterator unexhausted.
+            expected = len(batches)
+            seen = [batch for batch, _ in itertools.islice(batches, expected)]
             record = {
                 "ids": torch.cat(seen)[:, 0].tolist(),
                 "batches": len(seen),
-                "len": len(batches),
+                "len": expected,
+                "cached": batches.cached is not None,
             }
             (Path(config["out"]) / f"{rank}-{epoch}.json").write_text(json.dumps(record))
 
@@ -63,7 +67,8 @@ def test_two_workers_see_disjoint_shards_that_cover_the_split(
         assert shards[0] | shards[1] <= train_ids
         assert [len(s) for s in shards] == [data.train_rows // 2] * 2
         assert all(record["batches"] == record["len"] for record in records)
-        if epoch == 1:  # the second epoch comes from the cache: the same rows, reshuffled
+        assert all(record["cached"] for record in records)
+        if epoch == 1:  # the second epoch comes from memory: the same rows, reshuffled
             first = [json.loads((seen_dir / f"{r}-0.json").read_text())["ids"] for r in (0, 1)]
             assert [set(ids) for ids in first] == shards
             assert [record["ids"] for record in records] != first

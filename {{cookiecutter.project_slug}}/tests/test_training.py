@@ -21,6 +21,8 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
         "trainer.max_epochs=2",
         "checkpoint.every_n_epochs=1",
         f"hydra.run.dir={run_dir}",
+        # Nested runtime_env values must reach ray.init as plain dicts (Ray rejects DictConfigs).
+        "+ray.runtime_env.env_vars.RESEARCH_RUN_MARK=e2e",
         ray_address=ray_address,
     )
     assert proc.returncode == 0, failure(proc)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ray
+from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ def connect(ray_cfg: Mapping[str, Any]) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or ray_cfg.get("address") or None
-    runtime_env = dict(ray_cfg.get("runtime_env") or {})
+    # Plain containers all the way down: Ray validates e.g. env_vars as a real dict.
+    runtime_env = OmegaConf.to_container(OmegaConf.create(ray_cfg.get("runtime_env") or {}))
     if address:
         log.info("Connecting to the Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env or None, log_to_driver=True)

@@ -59,12 +59,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         num_rows=info.val_rows,
         cache=cfg.data.cache_in_worker,
     )
+    world_size = ray.train.get_context().get_world_size()
     trainer = L.Trainer(
         **cfg.trainer,
         accelerator="gpu" if cfg.scaling.use_gpu else "cpu",
-        devices="auto",
-        strategy=RayDDPStrategy(),
-        plugins=[RayLightningEnvironment()],
+        **_distribution(world_size),
         callbacks=[
             RayReportCallback(cfg.checkpoint.every_n_epochs),
             SaveDataState(OmegaConf.to_container(info.checkpoint_state)),
@@ -72,10 +71,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger=TensorBoardLogger(save_dir=cfg.logger.save_dir, name="", version=""),
         enable_checkpointing=False,
     )
-    trainer = prepare_trainer(trainer)
+    if world_size > 1:
+        trainer = prepare_trainer(trainer)  # checks the strategy and environment are Ray's
 
     with ExitStack() as stack:
         trainer.fit(model, train_batches, val_batches, ckpt_path=_resume_path(stack, cfg))
+
+
+def _distribution(world_size: int) -> dict[str, Any]:
+    """Lightning's devices, strategy and plugins for a worker group of `world_size`.
+
+    Several workers train with DDP in Ray's process group. A single worker trains as a plain
+    one-device run: DDP around one process only adds work to every step (about a tenth of the
+    digits' epoch time on 2 cores).
+    """
+    if world_size == 1:
+        return {"devices": 1}
+    return {
+        "devices": "auto",
+        "strategy": RayDDPStrategy(),
+        "plugins": [RayLightningEnvironment()],
+    }
 
 
 def _resume_path(stack: ExitStack, cfg: DictConfig) -> str | None:
