@@ -43,7 +43,10 @@ def payloads(width: int, count: int = 64, rows: int = 1, seed: int = 0) -> list[
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
-    status = int((await reader.readline()).split()[1])
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionResetError("the server closed the connection")
+    status = int(status_line.split()[1])
     length, chunked = 0, False
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
@@ -61,32 +64,38 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _connection(host, port, path, bodies, offset, deadline, record) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+    """One client: a request, its answer, the next request. A dropped connection (a proxy
+    reloading its configuration closes idle ones) counts as an error and is opened again."""
     index = offset
-    try:
-        while time.perf_counter() < deadline:
-            body = bodies[index % len(bodies)]
-            index += 1
-            head = (
-                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            )
-            started = time.perf_counter()
-            writer.write(head.encode() + body)
-            await writer.drain()
-            status = await _read_response(reader)
-            record(time.perf_counter() - started, status)
-    finally:
-        writer.close()
+    while time.perf_counter() < deadline:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.perf_counter() < deadline:
+                body = bodies[index % len(bodies)]
+                index += 1
+                head = (
+                    f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                )
+                started = time.perf_counter()
+                writer.write(head.encode() + body)
+                await writer.drain()
+                status = await _read_response(reader)
+                record(time.perf_counter() - started, status)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            record(None, 0)
+        finally:
+            writer.close()
 
 
 async def _run(host, port, path, bodies, concurrency, seconds) -> Load:
     latencies: list[float] = []
     errors = 0
 
-    def record(latency: float, status: int) -> None:
+    def record(latency: float | None, status: int) -> None:
         nonlocal errors
-        latencies.append(latency)
+        if latency is not None:
+            latencies.append(latency)
         errors += status != 200
 
     started = time.perf_counter()

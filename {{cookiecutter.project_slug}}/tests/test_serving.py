@@ -29,6 +29,7 @@ from ray.serve.schema import ServeDeploySchema
 from {{ cookiecutter.package_name }} import checkpoints as checkpoint_module
 from {{ cookiecutter.package_name }}.checkpoints import CheckpointError, load, resolve
 from {{ cookiecutter.package_name }}.data import DigitsSource, Transform, load_transform
+from {{ cookiecutter.package_name }}.serving import launch
 from {{ cookiecutter.package_name }}.serving.app import AppArgs, build_app
 from {{ cookiecutter.package_name }}.serving.inputs import InvalidInput, check_finite, to_features
 from {{ cookiecutter.package_name }}.serving.launch import (
@@ -218,6 +219,40 @@ def test_serve_config_file_is_valid_for_serve_run(tmp_path: Path, option: str) -
         assert deployment.num_replicas == 1
 
 
+def test_haproxy_setting_reaches_controller_and_replicas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launch, "haproxy_binary", lambda: "/usr/sbin/haproxy")
+    for name in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_METRICS_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_NBTHREAD", "4")  # the user's own value wins
+    cfg = compose_config("serve=local")
+    args = app_args(cfg.serve, str(save_checkpoint(tmp_path / "checkpoint.ckpt")))
+    config = serve_config(cfg.serve, args)
+    ServeDeploySchema.parse_obj(yaml.safe_load(yaml.safe_dump(config)))
+    controller = config["controller_options"]["runtime_env"]["env_vars"]
+    replica = build_app(args)._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
+    for env in (controller, replica):
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+        assert "RAY_SERVE_HAPROXY_NBTHREAD" not in env
+    assert replica["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+
+
+def test_without_haproxy_binary_serve_uses_its_python_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(launch, "haproxy_binary", lambda: None)
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    cfg = compose_config("serve=local")
+    args = app_args(cfg.serve, str(save_checkpoint(tmp_path / "checkpoint.ckpt")))
+    assert args["haproxy"] is False
+    assert "Ray has no HAProxy binary here" in caplog.text
+    assert "controller_options" not in serve_config(cfg.serve, args)
+    replica = build_app(args)._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in replica
+
+
 def test_app_args_refuse_typos_and_two_ways_to_scale() -> None:
     with pytest.raises(ValueError, match="max_batch_sise"):
         AppArgs.model_validate({"checkpoint_path": "x", "max_batch_sise": 8})
@@ -361,6 +396,9 @@ def test_metadata_health_docs_and_serve_config(served: ServeCommand) -> None:
     ServeDeploySchema.parse_obj(config)
     assert config["applications"][0]["args"]["checkpoint_path"] == metadata["checkpoint"]
     assert config["http_options"]["port"] == served.port
+    # The default path: HAProxy in front of the replicas (serve.haproxy=true, Linux).
+    assert config["applications"][0]["args"]["haproxy"] is True
+    assert "HAProxy is enabled" in served.log
 
 
 BAD_BODIES = {
@@ -438,6 +476,7 @@ def test_serve_only_serves_an_existing_run_without_training_until_sigterm(
         "serve=local",
         "serve.only=true",
         f"ckpt_path={served.run_dir}",
+        "serve.haproxy=false",  # Serve's own Python proxy, the other way in
         run_dir=tmp_path / "run",
         ray_address=ray_address,
     )
@@ -453,6 +492,7 @@ def test_serve_only_serves_an_existing_run_without_training_until_sigterm(
         # SIGTERM, as `docker stop` and Kubernetes send it, stops as cleanly as Ctrl-C.
         assert command.stop(signal.SIGTERM) == 0, command.log[-5000:]
     assert "Stopping Serve" in command.log
+    assert "HAProxy is enabled" not in command.log
     assert metadata["checkpoint"].startswith(str(served.run_dir.resolve()))
     assert not (tmp_path / "run" / "ray_train").exists()  # nothing was trained
     assert (tmp_path / "run" / "serve_config.yaml").is_file()

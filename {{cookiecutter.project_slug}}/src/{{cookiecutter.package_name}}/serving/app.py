@@ -15,6 +15,7 @@ from ray.serve import Application
 
 from .. import __version__
 from ..checkpoints import load
+from .ingress import replica_env
 from .inputs import InvalidInput, check_finite, to_features
 
 
@@ -32,9 +33,10 @@ class AppArgs(BaseModel):
     resources_per_replica: dict[str, float] = Field(default_factory=lambda: {"CPU": 1.0})
     max_ongoing_requests: int = Field(64, ge=1)
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
     max_rows_per_request: int = Field(1024, ge=1)
     access_log: bool = False
+    haproxy: bool = Field(False, description="the controller runs HAProxy (see ingress.py)")
 
     @model_validator(mode="after")
     def _one_way_to_scale(self) -> "AppArgs":
@@ -150,7 +152,7 @@ class ModelServer:
         )
 
     # Sizes here are placeholders: __init__ sets the configured ones.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _forward(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
         """Class probabilities for several requests' rows in one forward pass."""
         merged = torch.cat(batches)
@@ -170,6 +172,7 @@ def build_app(args: dict[str, Any]) -> Application:
     }
     if resources:
         actor_options["resources"] = resources
+    actor_options["runtime_env"] = {"env_vars": replica_env(settings.haproxy)}
     scale = (
         {"autoscaling_config": settings.autoscaling}
         if settings.autoscaling

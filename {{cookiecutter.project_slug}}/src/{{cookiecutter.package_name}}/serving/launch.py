@@ -15,6 +15,7 @@ from ray import serve
 from ..checkpoints import CheckpointError, load, resolve
 from ..training import cluster
 from .app import AppArgs, build_app
+from .ingress import controller_env, haproxy_binary
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,27 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def app_args(serve_cfg: DictConfig, checkpoint: str) -> dict[str, Any]:
-    """The builder's arguments: the checkpoint plus the `serve` group minus the HTTP settings."""
+    """The builder's arguments: the checkpoint plus the `serve` group minus the HTTP settings.
+
+    `haproxy` stays on only where Ray has an HAProxy binary to run.
+    """
     fields = set(AppArgs.model_fields) - {"checkpoint_path"}
     settings = OmegaConf.to_container(serve_cfg, resolve=True)
     args = {key: value for key, value in settings.items() if key in fields}
+    if args.get("haproxy") and haproxy_binary() is None:
+        log.warning(
+            "serve.haproxy=true, but Ray has no HAProxy binary here (it bundles one on Linux; "
+            "or set RAY_SERVE_HAPROXY_BINARY_PATH): serving through Ray Serve's Python proxy."
+        )
+        args["haproxy"] = False
     return AppArgs.model_validate({**args, "checkpoint_path": checkpoint}).model_dump()
 
 
 def serve_config(serve_cfg: DictConfig, args: dict[str, Any]) -> dict[str, Any]:
     """The deployed app in Serve's config file format (`serve run`, `serve deploy`, KubeRay)."""
+    env = controller_env(args["haproxy"])
     return {
+        **({"controller_options": {"runtime_env": {"env_vars": env}}} if env else {}),
         "proxy_location": "EveryNode",
         "http_options": {"host": serve_cfg.host, "port": int(serve_cfg.port)},
         "applications": [
@@ -88,6 +100,7 @@ def serve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> None:
         serve.start(
             http_options={"host": host, "port": port},
             logging_config={"enable_access_log": bool(cfg.serve.access_log)},
+            controller_options={"runtime_env": {"env_vars": controller_env(args["haproxy"])}},
         )
         serve.run(build_app(args), name=cfg.serve.app_name, route_prefix=prefix)
         url = f"http://{host}:{port}{prefix.rstrip('/')}"
