@@ -58,9 +58,18 @@ class PreparedData:
         }
 
     @staticmethod
-    def ingest_config() -> ray.train.DataConfig:
-        """How Ray Train shards the splits: with the driver's Ray Data options set in prepare()."""
-        return ray.train.DataConfig(execution_options=ray.train.DataConfig.default_ingest_options())
+    def ingest_config(num_workers: int) -> ray.train.DataConfig:
+        """How Ray Train hands the splits to the workers, with the Ray Data options of prepare().
+
+        Several workers each get a shard (`streaming_split`, which starts a coordinator actor
+        per split). A single worker reads each split whole, without those two extra processes:
+        on a small machine, starting processes is most of what a short run or a sweep trial
+        costs.
+        """
+        return ray.train.DataConfig(
+            datasets_to_split="all" if num_workers > 1 else [],
+            execution_options=ray.train.DataConfig.default_ingest_options(),
+        )
 
     def check_shards(self, num_workers: int) -> None:
         """Every worker must get at least one row of each split, or Lightning stops on that rank."""

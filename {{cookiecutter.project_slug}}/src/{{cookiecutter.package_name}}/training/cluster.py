@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 # report per epoch, no run could go faster than one epoch per 2 s. Ray Train passes the
 # variable on from this process to its controller and workers; a value set by the user wins.
 RAY_TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+# On a cluster started here, no cloud provider preempts nodes: Ray Train's preemption watcher
+# would only be one more process to start for every run and sweep trial.
+LOCAL_CLUSTER_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class ResourceError(RuntimeError):
@@ -40,6 +43,8 @@ def connect(ray_cfg: Mapping[str, Any]) -> None:
         ray.init(address=address, runtime_env=runtime_env or None, log_to_driver=True)
     else:
         log.info("Starting a local Ray cluster (set ray.address or RAY_ADDRESS to use another)")
+        for name, value in LOCAL_CLUSTER_ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)  # the new cluster's processes inherit them
         ray.init(
             address="local",  # a new cluster, even if `ray start` left one running here
             num_cpus=ray_cfg.get("num_cpus"),

@@ -75,7 +75,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
         scaling_config=scaling_config(cfg.scaling),
         run_config=run_config(cfg, callbacks),
         datasets={"train": data.train, "val": data.val},
-        dataset_config=data.ingest_config(),
+        dataset_config=data.ingest_config(cfg.scaling.num_workers),
     )
 
 
