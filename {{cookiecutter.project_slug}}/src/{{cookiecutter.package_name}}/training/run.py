@@ -15,9 +15,16 @@ from ..config import validate
 from ..data import prepare
 from ..tuning import reporting
 from . import cluster
-from .worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
+
+
+def run_worker(config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs (`worker.py`). Imported there, in the worker: Lightning
+    takes seconds to import, which the driver and sweep trials need not pay."""
+    from .worker import train_loop_per_worker as loop
+
+    loop(config)
 
 
 def scaling_config(scaling: DictConfig) -> ScalingConfig:
@@ -70,7 +77,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     loop_config = OmegaConf.to_container(cfg, resolve=True)
     loop_config["data_info"] = data.worker_info()
     return TorchTrainer(
-        train_loop_per_worker,
+        run_worker,
         train_loop_config=loop_config,
         scaling_config=scaling_config(cfg.scaling),
         run_config=run_config(cfg, callbacks),
