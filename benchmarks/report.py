@@ -52,7 +52,7 @@ def markdown(results: dict) -> str:
         if long:
             m, r = long["median_samples_per_s"], long["ratio_vs_plain_lightning"]
             lines.append(
-                f"| 1b. the same with 3 s epochs (`{long['data']}`) | {_n(m['project'], 0)} | "
+                f"| 1b. the same with long epochs (`{long['data']}`) | {_n(m['project'], 0)} | "
                 f"plain Lightning {_n(m['plain_lightning'], 0)} | {_n(r['project'], 2, 'x')} | "
                 f">= 0.9x | {_met(long['goal_met'])} |"
             )

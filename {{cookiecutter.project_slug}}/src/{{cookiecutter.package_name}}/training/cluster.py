@@ -14,9 +14,10 @@ log = logging.getLogger(__name__)
 
 # Ray Train's controller collects the workers' reports every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
 # (2 s by default), and a worker's report waits until the previous one was collected: with a
-# report per epoch, no run could go faster than one epoch per 2 s. Ray Train passes the
-# variable on from this process to its controller and workers; a value set by the user wins.
-RAY_TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+# report per epoch, no run goes faster than one epoch per interval. 0.05 s let the digits' epochs
+# (0.06 s) run at full speed; 0.1 s held them to 0.1 s, 0.02 s was no faster. Ray Train passes
+# the variable on from this process to its controller and workers; a value set by the user wins.
+RAY_TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05"}
 # On a cluster started here, no cloud provider preempts nodes: Ray Train's preemption watcher
 # would only be one more process to start for every run and sweep trial.
 LOCAL_CLUSTER_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
