@@ -3,7 +3,7 @@
 With `serve.haproxy` (the default), HAProxy takes Serve's HTTP port and forwards each request
 straight to an HTTP server inside a replica. Without it, requests pass through Serve's Python
 proxy actor and reach the replica as Ray calls. On 2 cores the HAProxy path answered about
-4x as many requests per second (benchmark 4 in the template's README).
+6x as many requests per second (benchmark 4 in the template's README).
 
 Serve reads these variables once, when its processes start: the controller (and the proxy or
 HAProxy it starts) gets them through `serve.start(controller_options=...)` or the
