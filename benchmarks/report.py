@@ -15,6 +15,29 @@ def _met(flag: Any) -> str:
     return "yes" if flag else "**no**"
 
 
+def _sweep_rows(sweeps: dict, label: str) -> list[str]:
+    run, goals = sweeps["runs"][0], sweeps["goals"]
+    count = len(sweeps["configurations"])
+    schedule = run["schedule"] or {}
+    return [
+        f"| {label} sweep of {count} lrs x {sweeps['epochs']} epochs, wall s | ASHA "
+        f"{_n(run['asha_wall_s'])} | basic multirun {_n(run['basic_wall_s'])} | "
+        f"{_n(sweeps['speedup_asha_vs_basic'], 2, 'x')} faster | >= 2x faster | "
+        f"{_met(goals['speedup >= 2x'])} |",
+        f"| trial-epochs | {run['asha_trial_epochs']} | {run['basic_trial_epochs']} | "
+        f"{_n(sweeps['trial_epochs_ratio'], 2, 'x')} | <= 0.5x | "
+        f"{_met(goals['trial-epochs <= 0.5x'])} |",
+        f"| best val_acc, % | {_n(100 * (run['asha_best_val_acc'] or float('nan')))} | "
+        f"{_n(100 * run['basic_best_val_acc'])} | "
+        f"{_n(sweeps['best_val_acc_gap_points'], 1)} points lower | within 1 point | "
+        f"{_met(goals['best val_acc within 1 point'])} |",
+        f"| trials' span vs ideal {sweeps['parallel_slots']}-slot schedule, s | "
+        f"{_n(schedule.get('trials_span_s'))} | ideal {_n(schedule.get('ideal_s'))} | "
+        f"{_n(sweeps['schedule_ratio'], 2, 'x')} | <= 1.2x | "
+        f"{_met(goals['schedule <= 1.2x ideal'])} |",
+    ]
+
+
 def markdown(results: dict) -> str:
     info = results["machine"]
     lines = [
@@ -70,26 +93,10 @@ def markdown(results: dict) -> str:
         )
     sweeps = bench.get("sweeps", {})
     if "runs" in sweeps:
-        run, goals = sweeps["runs"][0], sweeps["goals"]
-        count = len(sweeps["configurations"])
-        schedule = run["schedule"] or {}
-        lines += [
-            f"| 3. sweep of {count} lrs x {sweeps['epochs']} epochs, wall s | ASHA "
-            f"{_n(run['asha_wall_s'])} | basic multirun {_n(run['basic_wall_s'])} | "
-            f"{_n(sweeps['speedup_asha_vs_basic'], 2, 'x')} faster | >= 2x faster | "
-            f"{_met(goals['speedup >= 2x'])} |",
-            f"| trial-epochs | {run['asha_trial_epochs']} | {run['basic_trial_epochs']} | "
-            f"{_n(sweeps['trial_epochs_ratio'], 2, 'x')} | <= 0.5x | "
-            f"{_met(goals['trial-epochs <= 0.5x'])} |",
-            f"| best val_acc, % | {_n(100 * (run['asha_best_val_acc'] or float('nan')))} | "
-            f"{_n(100 * run['basic_best_val_acc'])} | "
-            f"{_n(sweeps['best_val_acc_gap_points'], 1)} points lower | within 1 point | "
-            f"{_met(goals['best val_acc within 1 point'])} |",
-            f"| trials' span vs ideal {sweeps['parallel_slots']}-slot schedule, s | "
-            f"{_n(schedule.get('trials_span_s'))} | ideal {_n(schedule.get('ideal_s'))} | "
-            f"{_n(sweeps['schedule_ratio'], 2, 'x')} | <= 1.2x | "
-            f"{_met(goals['schedule <= 1.2x ideal'])} |",
-        ]
+        lines += _sweep_rows(sweeps, "3.")
+        if "runs" in sweeps.get("long_epochs", {}):
+            long = sweeps["long_epochs"]
+            lines += _sweep_rows(long, f"3b. with long epochs (`{long['data']}`):")
     serving = bench.get("serving", {})
     if "by_concurrency" in serving:
         for concurrency, row in serving["by_concurrency"].items():

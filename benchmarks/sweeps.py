@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .harness import Context, median, ratio, run_timed
+from .training import LONG_EPOCHS
 
 
 def learning_rates(count: int) -> list[str]:
@@ -50,19 +51,27 @@ def schedule(histories: list[list[dict]], slots: int) -> dict[str, float]:
 
 
 def run(ctx: Context) -> dict:
+    result = measure(ctx, [], "")
+    # Epochs that cost more than starting a run: where parallel trials and early stopping pay.
+    result["long_epochs"] = measure(ctx, LONG_EPOCHS, "long_")
+    result["long_epochs"]["data"] = " ".join(LONG_EPOCHS)
+    return result
+
+
+def measure(ctx: Context, data: list[str], tag: str) -> dict:
     count, epochs = (4, 3) if ctx.quick else (8, 8)
     rates = learning_rates(count)
-    common = [f"optimizer.lr={','.join(rates)}", f"trainer.max_epochs={epochs}"]
+    common = [f"optimizer.lr={','.join(rates)}", f"trainer.max_epochs={epochs}", *data]
     slots = os.cpu_count() or 1
     runs = []
     for repeat in range(ctx.sweep_repeats):
-        basic_dir = ctx.work / "sweeps" / f"basic_{repeat}"
+        basic_dir = ctx.work / "sweeps" / f"{tag}basic_{repeat}"
         basic = run_timed(
             ctx.train_py("-m", "search=none", *common, f"hydra.sweep.dir={basic_dir}"),
             ctx,
             timeout=3600,
         )
-        tune_dir = ctx.work / "sweeps" / f"asha_{repeat}"
+        tune_dir = ctx.work / "sweeps" / f"{tag}asha_{repeat}"
         tune = run_timed(
             ctx.train_py(
                 "-m",
