@@ -52,7 +52,7 @@ def schedule(histories: list[list[dict]], slots: int) -> dict[str, float]:
 
 def run(ctx: Context) -> dict:
     result = measure(ctx, [], "")
-    # Epochs that cost more than starting a run: where parallel trials and early stopping pay.
+    # Epochs of about a second, where parallel trials and early stopping start to pay.
     result["long_epochs"] = measure(ctx, LONG_EPOCHS, "long_")
     result["long_epochs"]["data"] = " ".join(LONG_EPOCHS)
     return result

@@ -29,8 +29,8 @@ def throughput(ends: list[tuple[int, float]], warmup: int, batch_size: int) -> f
     return (last_step - first_step) * batch_size / (last_time - first_time)
 
 
-# Long epochs: 32,768 synthetic rows (about 4 s an epoch in plain Lightning on 2 cores), where
-# per-sample costs decide, against the digits' 0.15 s epochs, where per-epoch costs do.
+# Long epochs: 32,768 synthetic rows (about 1.4 s an epoch in plain Lightning on 2 cores), where
+# per-sample costs decide, against the digits' sub-0.1 s epochs, where per-epoch costs do.
 LONG_EPOCHS = ["data=synthetic", "data.source.num_samples=32768"]
 
 
