@@ -15,6 +15,8 @@ from {{ cookiecutter.package_name }}.data import (
     Transform,
     load_transform,
     prepare,
+    prepare_reusing,
+    reuse_prepared,
 )
 from {{ cookiecutter.package_name }}.data.preprocessing import feature_moments
 from {{ cookiecutter.package_name }}.data.split import is_validation
@@ -118,6 +120,19 @@ def test_prepare_digits(ray_address: str) -> None:
     assert labels.dtype == np.int64
     assert data.train_rows + data.val_rows == 1797
     assert abs(data.val_rows / 1797 - 0.2) < 0.03
+
+
+@pytest.mark.slow
+def test_runs_in_one_process_share_the_preparation_of_the_same_data(ray_address: str) -> None:
+    digits = compose_config("data=digits").data
+    first = prepare_reusing(digits)
+    assert prepare_reusing(compose_config("data=digits", "optimizer.lr=0.5").data) is first
+    other = prepare_reusing(compose_config("data=digits", "data.val_fraction=0.5").data)
+    assert other is not first and other.val_rows > first.val_rows
+    again = prepare_reusing(digits)  # only the latest preparation is kept
+    assert again is not first and again.val_rows == first.val_rows
+    reuse_prepared(digits, first)  # as a sweep's trial is handed its driver's
+    assert prepare_reusing(digits) is first
 
 
 @pytest.mark.slow

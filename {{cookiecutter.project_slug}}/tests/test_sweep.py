@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from .conftest import failure, run_train, start_train
 
@@ -51,6 +52,10 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
     hopeless = [row for row in rows if float(row["optimizer.lr"]) == 1e-7]
     assert len(hopeless) == 2
     assert all(row["status"] == "stopped early" and row["epochs"] == "1" for row in hopeless)
+    for row in hopeless:
+        # The epoch Tune saw reached TensorBoard before the stopped trial's process ended.
+        events = EventAccumulator(str(tmp_path / row["trial"] / "tensorboard")).Reload()
+        assert len(events.Scalars("val_loss")) >= 1
     assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "4"
     # max_concurrent_trials=1: each trial starts after the one before has sent its last report.
     started = [(tmp_path / row["trial"] / ".hydra" / "config.yaml").stat().st_mtime for row in rows]

@@ -8,7 +8,7 @@ loader.py        the worker's side: its shard of each split, as Lightning batche
 prediction.py    offline batch prediction with a trained checkpoint
 """
 
-from .pipeline import PreparedData, build_source, prepare
+from .pipeline import PreparedData, build_source, prepare, prepare_reusing, reuse_prepared
 from .preprocessing import Transform, load_transform
 from .sources import CsvSource, DigitsSource, ParquetSource, SyntheticSource
 
@@ -22,4 +22,6 @@ __all__ = [
     "build_source",
     "load_transform",
     "prepare",
+    "prepare_reusing",
+    "reuse_prepared",
 ]

@@ -1,7 +1,9 @@
 """The driver's side of the data: read, check, split, fit preprocessing, produce Ray Datasets.
 
-`prepare(cfg.data)` runs once per training run, in the driver. Its `train` and `val` datasets go
-to Ray Train, which hands each worker its own shard of both (see loader.py).
+`prepare(cfg.data)` runs in the driver of a training run. Its `train` and `val` datasets go to
+Ray Train, which hands each worker its own shard of both (see loader.py). Runs with the same data
+config share one preparation: a basic multirun's jobs, and a Ray Tune sweep's trials, which get
+their driver's (`prepare_reusing`, `reuse_prepared`).
 """
 
 import math
@@ -15,7 +17,7 @@ import pyarrow as pa
 import ray.data
 import ray.train
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .preprocessing import ToExamples, Transform, fit_transform
 from .sources import TableSource
@@ -81,19 +83,24 @@ class PreparedData:
                 )
 
 
+def configure_context(data_cfg: DictConfig) -> None:
+    """This process's Ray Data options; Ray Train carries them to the workers (ingest_config)."""
+    context = ray.data.DataContext.get_current()
+    # Otherwise every worker prints multi-line progress bars for each split in every epoch, and
+    # on a small machine forwarding them to the driver costs more than the epoch itself.
+    context.enable_progress_bars = False
+    # Blocks in a fixed order, not as they finish: the same seed then gives the same statistics,
+    # batches and metrics.
+    context.execution_options.preserve_order = bool(data_cfg.preserve_order)
+
+
 def build_source(data_cfg: DictConfig) -> TableSource:
     return instantiate(data_cfg.source, _convert_="all")
 
 
 def prepare(data_cfg: DictConfig) -> PreparedData:
     """Read `data_cfg.source`, check it, split it and fit the preprocessing on the train split."""
-    context = ray.data.DataContext.get_current()
-    # Otherwise every worker prints multi-line progress bars for each split in every epoch, and
-    # on a small machine forwarding them to the driver costs more than the epoch itself.
-    context.enable_progress_bars = False
-    # Blocks in a fixed order, not as they finish: the same seed then gives the same statistics,
-    # batches and metrics. Ray Train carries it to the workers' shards (ingest_config).
-    context.execution_options.preserve_order = bool(data_cfg.preserve_order)
+    configure_context(data_cfg)
     source = build_source(data_cfg)
     table = source.read()
     feature_columns = check_columns(table, source)
@@ -123,6 +130,36 @@ def prepare(data_cfg: DictConfig) -> PreparedData:
             if rows == 0:
                 raise ValueError(f"the {split} split is empty; adjust data.val_fraction")
     return PreparedData(train, val, transform, source.label_column, num_classes, *counts)
+
+
+_last_prepared: tuple[str, PreparedData] | None = None
+
+
+def prepare_reusing(data_cfg: DictConfig) -> PreparedData:
+    """`prepare`, or this process's previous result if it was for the same data config.
+
+    The jobs of Hydra's basic multirun (`-m` without a search) usually share their data config;
+    they then read, check, split and preprocess once. A Ray Tune sweep's trials are handed the
+    sweep driver's preparation (`reuse_prepared`). Only the latest preparation is kept, so a
+    sweep over data configs holds one at a time. A source file that changes while the process
+    runs is not read again.
+    """
+    if _last_prepared is None or _last_prepared[0] != _data_key(data_cfg):
+        reuse_prepared(data_cfg, None)  # let the previous datasets go before making new ones
+        reuse_prepared(data_cfg, prepare(data_cfg))
+    else:
+        configure_context(data_cfg)  # prepared in another process, or the context was changed
+    return _last_prepared[1]
+
+
+def reuse_prepared(data_cfg: DictConfig, data: PreparedData | None) -> None:
+    """Make `prepare_reusing(data_cfg)` in this process return `data`, prepared elsewhere."""
+    global _last_prepared
+    _last_prepared = None if data is None else (_data_key(data_cfg), data)
+
+
+def _data_key(data_cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(data_cfg, resolve=True)
 
 
 def check_columns(table: ray.data.Dataset, source: TableSource) -> list[str]:

@@ -29,6 +29,9 @@ class RayReportCallback(L.Callback):
         metrics["epoch"] = epoch
         metrics["step"] = trainer.global_step
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        for logger in trainer.loggers:
+            # To disk now: a sweep may stop this run (ending its process) after this report.
+            logger.save()
         if not (last or (epoch + 1) % self.every_n_epochs == 0):
             ray.train.report(metrics)
             return

@@ -12,7 +12,7 @@ from ray.train.torch import TorchTrainer
 
 from ..checkpoints import RESULT_FILE
 from ..config import validate
-from ..data import prepare
+from ..data import prepare_reusing
 from ..tuning import reporting
 from . import cluster
 
@@ -72,7 +72,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     cluster.connect(cfg.ray)
     cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
-    data = prepare(cfg.data)
+    data = prepare_reusing(cfg.data)
     data.check_shards(cfg.scaling.num_workers)
     loop_config = OmegaConf.to_container(cfg, resolve=True)
     loop_config["data_info"] = data.worker_info()

@@ -16,6 +16,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Domain
 
 from ..config import validate
+from ..data import prepare
 from ..training import cluster
 from . import results
 from .space import SearchSpace, SearchSpaceError, build
@@ -103,7 +104,10 @@ def run_sweep(
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
-    context = TrialContext(config, hydra_context, task_function, space, Singleton.get_state())
+    # Once here rather than in every trial (most keep the sweep's data config); a bad data
+    # config also stops the sweep now, before any trial starts.
+    data = prepare(config.data)
+    context = TrialContext(config, hydra_context, task_function, space, Singleton.get_state(), data)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context),
         # The trial's own process only waits on its Train run, whose workers reserve the CPUs

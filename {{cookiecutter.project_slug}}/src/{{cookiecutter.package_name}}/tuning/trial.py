@@ -18,6 +18,7 @@ from omegaconf import DictConfig, open_dict
 from ray import tune
 
 from ..checkpoints import CHECKPOINT_FILE
+from ..data import PreparedData, reuse_prepared
 from .reporting import reporting_to_tune
 from .space import SearchSpace
 
@@ -32,6 +33,8 @@ class TrialContext:
     space: SearchSpace
     # Hydra's process-wide state (job name, config store): a trial runs in another process.
     hydra_state: Any = None
+    # The sweep's data, prepared once by the driver; used by the trials that keep its config.
+    data: PreparedData | None = None
 
 
 TRIAL_DIR_PREFIX = "trial_"
@@ -68,6 +71,8 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     """The Tune function trainable: run the trial's Hydra job, reporting every epoch to Tune."""
     Singleton.set_state(context.hydra_state)
     setup_globals()
+    if context.data is not None:
+        reuse_prepared(context.config.data, context.data)
     number = job_number(tune.get_context().get_trial_dir())
     overrides = context.space.trial_overrides(sampled)
     config = context.hydra_context.config_loader.load_sweep_config(context.config, overrides)
