@@ -78,6 +78,39 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
     assert (tmp_path / "metric_per_epoch.png").stat().st_size > 10_000
 
 
+def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
+    ray_address: str, tmp_path: Path
+) -> None:
+    # One trial at a time, each worker taking both CPUs of the cluster: a good trial, a hopeless
+    # one that ASHA stops after 1 of 100 epochs, then another. Tune runs them all in one process
+    # (reuse_actors); the stopped trial's Train run must be aborted, not left training, or the
+    # third trial could not get its CPUs.
+    proc = run_train(
+        "-m",
+        "search=asha",
+        "search.num_samples=1",
+        "search.max_concurrent_trials=1",
+        "trainer.max_epochs=100",
+        *SMALL,
+        "scaling.resources_per_worker.CPU=2",
+        "optimizer.lr=0.03,1e-7,0.01",
+        f"hydra.sweep.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode == 0, failure(proc)
+    rows = trials(tmp_path)
+    assert [row["optimizer.lr"] for row in rows] == ["0.03", "1e-07", "0.01"]
+    assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "100"
+    assert rows[1]["status"] == "stopped early" and rows[1]["epochs"] == "1"
+    assert rows[2]["status"] in ("completed", "stopped early")
+    assert "aborting its Ray Train run" in (tmp_path / "1" / "train.log").read_text()
+    events = EventAccumulator(str(tmp_path / "1" / "tensorboard")).Reload()
+    assert len(events.Scalars("val_loss")) >= 1  # its epoch reached TensorBoard
+    # The trial that ran to the end wrote its summary, as a single run does.
+    assert json.loads((tmp_path / "0" / "result.json").read_text())["metrics"]["epoch"] == 99
+    assert len({reports(tmp_path, row["trial"])[0]["pid"] for row in rows}) == 1
+
+
 def test_interrupted_sweep_resumes_and_keeps_finished_trials(
     ray_address: str, tmp_path: Path
 ) -> None:

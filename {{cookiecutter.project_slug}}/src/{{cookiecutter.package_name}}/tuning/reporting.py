@@ -4,42 +4,78 @@ Ray's own `TuneReportCallback` forwards metrics but not checkpoints, and populat
 training needs the checkpoints: it restarts a trial from another trial's. Here the Train
 controller puts each report (metrics and checkpoint path) on a queue; the trial's thread takes
 them off and calls `tune.report`, so schedulers see every epoch while the run is going.
+
+Tune may hand a finished or stopped trial's process to the next trial (`reuse_actors`). The
+queue then serves every trial of that process, each run's items tagged with its own id. When a
+scheduler stops a trial, `tune.report` raises SystemExit in the trial's thread: a run that is
+not ending by itself is aborted, so that its workers give their CPUs back to the next trial.
 """
 
+import logging
+import os
 import threading
+import uuid
 from contextlib import contextmanager
 from typing import Any
 
+import ray
 from ray import tune
+from ray.actor import ActorHandle
 from ray.train import Result
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
+log = logging.getLogger(__name__)
+
+# How long a run stopped by Tune gets to end by itself (it does after its last epoch).
+FINISH_GRACE_S = 2.0
+# How long an aborted run gets to stop its workers (Ray Train gives them 5 s) and free their
+# placement group before its controller is killed.
+ABORT_TIMEOUT_S = 60.0
+# Tune hands a stopped trial's process to the next trial once the trial's thread has ended, and
+# waits TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s by default) for that: here, the grace and an abort.
+THREAD_TIMEOUT_S = FINISH_GRACE_S + 2 * ABORT_TIMEOUT_S
+
 _DONE = "__training_finished__"
 _active: "TrialReporter | None" = None
+_queue: Queue | None = None
+
+
+def _process_queue() -> Queue:
+    """One queue actor per trial process, shared by the trials Tune runs in it."""
+    global _queue
+    if _queue is None:
+        _queue = Queue(actor_options={"num_cpus": 0})
+    return _queue
 
 
 class _ForwardReports(UserCallback):
     """Runs in the Train controller: hands rank 0's report to the trial's queue."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, run_id: str) -> None:
         self.queue = queue
+        self.run_id = run_id
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
-        self.queue.put((metrics[0], checkpoint.path if checkpoint else None))
+        # The controller's own handle goes along: a stopped trial aborts the run with it.
+        controller = ray.get_runtime_context().current_actor
+        report = (metrics[0], checkpoint.path if checkpoint else None, controller)
+        self.queue.put((self.run_id, report))
 
 
 class TrialReporter:
     """Created per trial by the sweeper; `training.run.train` uses it when one is active."""
 
     def __init__(self, **extra: Any) -> None:
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.queue = _process_queue()
+        self.run_id = uuid.uuid4().hex
         self.extra = extra  # added to every report, e.g. the trial's output folder
+        self.stopped = False  # set once Tune has stopped the trial
 
     @property
     def callbacks(self) -> list[UserCallback]:
-        return [_ForwardReports(self.queue)]
+        return [_ForwardReports(self.queue, self.run_id)]
 
     def fit(self, trainer: TorchTrainer) -> Result:
         """`trainer.fit()` in a thread while this thread reports to Tune as results arrive."""
@@ -51,20 +87,58 @@ class TrialReporter:
             except BaseException as error:  # re-raised below, in the trial's thread
                 outcome["error"] = error
             finally:
-                self.queue.put(_DONE)
+                self.queue.put((self.run_id, _DONE))
 
         thread = threading.Thread(target=fit, name="train-fit", daemon=True)
         thread.start()
-        while (item := self.queue.get()) != _DONE:
-            metrics, checkpoint_path = item
-            checkpoint = (
-                tune.Checkpoint.from_directory(checkpoint_path) if checkpoint_path else None
-            )
-            tune.report({**metrics, **self.extra}, checkpoint=checkpoint)
+        controller = None
+        try:
+            for report in self._reports():
+                metrics, checkpoint_path, controller = report
+                checkpoint = (
+                    tune.Checkpoint.from_directory(checkpoint_path) if checkpoint_path else None
+                )
+                tune.report({**metrics, **self.extra}, checkpoint=checkpoint)
+        except SystemExit:
+            # Tune stopped the trial: a scheduler's decision, or its last epoch. After the last
+            # epoch the run is ending anyway; let it end, and the job writes its result.json.
+            self.stopped = True
+            thread.join(timeout=FINISH_GRACE_S)
+            if thread.is_alive():
+                _abort(controller, thread)
+                raise
+        except BaseException:
+            _abort(controller, thread)
+            raise
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
+
+    def _reports(self):
+        """This run's reports as they arrive, until it ends; a previous trial's are dropped."""
+        while True:
+            run_id, item = self.queue.get()
+            if run_id != self.run_id:
+                continue
+            if item == _DONE:
+                return
+            yield item
+
+
+def _abort(controller: ActorHandle | None, fit_thread: threading.Thread) -> None:
+    """Stop a Train run the way Ctrl-C in its driver does: the controller stops its workers,
+    removes their placement group and exits. Killed if it has not exited in ABORT_TIMEOUT_S."""
+    if controller is not None and fit_thread.is_alive():
+        log.info("Trial stopped: aborting its Ray Train run")
+        try:
+            ray.get(controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+        except ray.exceptions.RayActorError:
+            pass  # the controller exited, as abort() does when it is done
+        except ray.exceptions.GetTimeoutError:
+            log.warning("The Train controller did not stop in %.0f s; killed", ABORT_TIMEOUT_S)
+            ray.kill(controller)
+    fit_thread.join(timeout=ABORT_TIMEOUT_S)
 
 
 def active() -> TrialReporter | None:
@@ -76,6 +150,7 @@ def active() -> TrialReporter | None:
 def reporting_to_tune(**extra: Any):
     """Within this block, training runs report to the current Tune trial."""
     global _active
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(THREAD_TIMEOUT_S)))
     _active = TrialReporter(**extra)
     try:
         yield _active

@@ -201,6 +201,7 @@ def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, mon
             search_alg=search_alg,
             max_concurrent_trials=concurrency,
             trial_dirname_creator=TrialNumbers(sweep_dir / EXPERIMENT_NAME),
+            reuse_actors=bool(search.get("reuse_actors", False)),
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT_NAME,

@@ -87,7 +87,7 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
             config.run_name = f"{config.run_name}-from-{Path(restart.path).name}"
     HydraConfig.instance().set_config(config)
     output_dir = str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
-    with reporting_to_tune(output_dir=output_dir):
+    with reporting_to_tune(output_dir=output_dir) as reporter:
         job = run_job(
             hydra_context=context.hydra_context,
             task_function=context.task_function,
@@ -95,6 +95,10 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
+    if reporter.stopped:
+        # Tune stopped the trial after its last epoch and the job has finished. End the way
+        # Tune's own report does: returning would report once more and wait for a reply.
+        raise SystemExit(0)
     if job.status == JobStatus.FAILED:
         raise job._return_value
     return None
