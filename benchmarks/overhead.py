@@ -4,7 +4,16 @@ epoch, wall time from process start to exit, with a breakdown by phase.
 Phases are read from the run's own output, timestamped as each line arrives: the project logs
 "Starting a local Ray cluster" once its imports are done, Ray and Ray Train log when the cluster
 and the worker group are up and when the first epoch's result is reported.
+
+The same run joining a cluster that is already up (`ray start --head` and `ray.address=auto`,
+the project README's way to many short runs) shows what Ray's own start and shutdown cost.
 """
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .harness import Context, median, ratio, run_timed
 from .training import RAY_DEFAULT_POLL
@@ -36,22 +45,62 @@ def breakdown(marks: dict[str, float], phases: dict[str, str], wall: float) -> d
     return parts
 
 
+# A cluster kept up by another process, as `ray start --head` would (which also writes
+# /tmp/ray/ray_current_cluster; left behind, that file misleads Ray's state API afterwards).
+CLUSTER_SCRIPT = """
+import sys, ray
+ray.init(address="local", num_cpus=int(sys.argv[1]))
+print("GCS", ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the benchmark closes stdin
+"""
+
+
+@contextmanager
+def running_cluster(ctx: Context) -> Iterator[str]:
+    """A local Ray cluster that outlives the runs joining it; its address."""
+    cmd = [sys.executable, "-c", CLUSTER_SCRIPT, str(os.cpu_count() or 1)]
+    with open(ctx.log, "a") as log:
+        log.write("\n$ python -c <start a Ray cluster and wait>\n")
+        log.flush()
+        process = subprocess.Popen(
+            cmd, env=ctx.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+        line = process.stdout.readline()
+        if not line.startswith("GCS "):
+            raise RuntimeError(f"the Ray cluster did not start (exit {process.wait()})")
+        try:
+            yield line.split()[1]
+        finally:
+            process.communicate(input="", timeout=120)
+
+
 def run(ctx: Context) -> dict:
     overrides = ["trainer.max_epochs=1"]
     variants = {"project": None, "project_ray_default_poll": RAY_DEFAULT_POLL}
-    walls: dict[str, list[float]] = {name: [] for name in [*variants, "plain_lightning"]}
+    names = [*variants, "project_running_cluster", "plain_lightning"]
+    walls: dict[str, list[float]] = {name: [] for name in names}
     phases: dict[str, list[dict[str, float]]] = {name: [] for name in walls}
+
+    def project_run(name: str, repeat: int, env: dict[str, str]) -> None:
+        folder = ctx.work / "overhead" / f"{name}_{repeat}"
+        timed = run_timed(
+            ctx.train_py(*overrides, f"hydra.run.dir={folder}"),
+            ctx,
+            markers=PROJECT_PHASES,
+            env=env,
+        )
+        walls[name].append(timed.wall_s)
+        phases[name].append(breakdown(timed.marks, PROJECT_PHASES, timed.wall_s))
+
+    with running_cluster(ctx) as address:
+        # The cluster turned on Ray's token authentication (~/.ray/auth_token); a process that
+        # joins by address must be told to use it (`ray start` + RAY_ADDRESS=auto need not).
+        env = ctx.env(RAY_ADDRESS=address, RAY_AUTH_MODE="token")
+        for repeat in range(ctx.repeats):
+            project_run("project_running_cluster", repeat, env)
     for repeat in range(ctx.repeats):
         for name, extra_env in variants.items():
-            folder = ctx.work / "overhead" / f"{name}_{repeat}"
-            timed = run_timed(
-                ctx.train_py(*overrides, f"hydra.run.dir={folder}"),
-                ctx,
-                markers=PROJECT_PHASES,
-                env=ctx.env(**(extra_env or {})),
-            )
-            walls[name].append(timed.wall_s)
-            phases[name].append(breakdown(timed.marks, PROJECT_PHASES, timed.wall_s))
+            project_run(name, repeat, ctx.env(**(extra_env or {})))
         folder = ctx.work / "overhead" / f"plain_lightning_{repeat}"
         timed = run_timed(
             ctx.baseline("plain_lightning", "--logdir", str(folder), *overrides),

@@ -91,6 +91,12 @@ def markdown(results: dict) -> str:
             f"| | before: Ray's 2 s report polling {_n(m['project_ray_default_poll'])} | "
             f"plain Lightning | {_n(r['project_ray_default_poll'], 2, 'x')} | | |"
         )
+        if "project_running_cluster" in m:
+            lines.append(
+                f"| | joining a running cluster (`ray start --head`) "
+                f"{_n(m['project_running_cluster'])} | plain Lightning | "
+                f"{_n(r['project_running_cluster'], 2, 'x')} | | |"
+            )
     sweeps = bench.get("sweeps", {})
     if "runs" in sweeps:
         lines += _sweep_rows(sweeps, "3.")
