@@ -144,18 +144,20 @@ def prepare_reusing(data_cfg: DictConfig) -> PreparedData:
     sweep over data configs holds one at a time. A source file that changes while the process
     runs is not read again.
     """
-    if _last_prepared is None or _last_prepared[0] != _data_key(data_cfg):
-        reuse_prepared(data_cfg, None)  # let the previous datasets go before making new ones
-        reuse_prepared(data_cfg, prepare(data_cfg))
+    global _last_prepared
+    key = _data_key(data_cfg)
+    if _last_prepared is None or _last_prepared[0] != key:
+        _last_prepared = None  # let the previous datasets go before making new ones
+        _last_prepared = (key, prepare(data_cfg))
     else:
         configure_context(data_cfg)  # prepared in another process, or the context was changed
     return _last_prepared[1]
 
 
-def reuse_prepared(data_cfg: DictConfig, data: PreparedData | None) -> None:
+def reuse_prepared(data_cfg: DictConfig, data: PreparedData) -> None:
     """Make `prepare_reusing(data_cfg)` in this process return `data`, prepared elsewhere."""
     global _last_prepared
-    _last_prepared = None if data is None else (_data_key(data_cfg), data)
+    _last_prepared = (_data_key(data_cfg), data)
 
 
 def _data_key(data_cfg: DictConfig) -> str:
