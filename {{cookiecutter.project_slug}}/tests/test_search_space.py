@@ -29,6 +29,25 @@ def test_comma_list_is_every_value() -> None:
     assert space.has_grid
 
 
+def test_grids_run_in_a_seeded_shuffled_order_when_asked() -> None:
+    rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+    line = "optimizer.lr=" + ",".join(map(str, rates))
+    as_given = build([line]).domains["optimizer.lr"]["grid_search"]
+    shuffled = build([line], shuffle_grid=True, seed=42).domains["optimizer.lr"]["grid_search"]
+    assert as_given == rates
+    assert sorted(shuffled) == rates and shuffled != rates
+    # The same seed gives the same order (a sweep repeats, and resumes); another seed, another.
+    assert build([line], shuffle_grid=True, seed=42).domains["optimizer.lr"]["grid_search"] == (
+        shuffled
+    )
+    assert build([line], shuffle_grid=True, seed=7).domains["optimizer.lr"]["grid_search"] != (
+        shuffled
+    )
+    # Hydra's shuffle() asks for it on one key, whatever the search's setting.
+    explicit = build(["optimizer.lr=shuffle(" + ",".join(map(str, rates)) + ")"], seed=42)
+    assert explicit.domains["optimizer.lr"]["grid_search"] == shuffled
+
+
 def test_range_honours_step_and_exclusive_stop() -> None:
     stepped = build(["model.num_layers=range(1,10,3)"]).domains["model.num_layers"]
     assert set(sample(stepped)) == {1, 4, 7}
@@ -103,7 +122,7 @@ def test_config_params_are_used_and_the_command_line_wins() -> None:
     "override,message",
     [
         ("model=glob(*)", "glob() is not supported"),
-        ("optimizer.lr=shuffle(1,2)", "shuffle()"),
+        ("optimizer.lr=shuffle(choice(1,2))", "a sampled search has no order"),
         ("optimizer.lr=tag(fancy,interval(0,1))", "unsupported tag"),
         ("optimizer.lr=tag(log,interval(0,1))", "needs a start above 0"),
         ("optimizer.lr=interval(1,1)", "needs start < end"),

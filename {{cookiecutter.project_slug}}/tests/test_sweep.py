@@ -30,11 +30,12 @@ def reports(sweep_dir: Path, trial: str) -> list[dict]:
 
 
 def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_path: Path) -> None:
-    # Two good and two hopeless learning rates, one trial at a time: by the time a hopeless trial
-    # reports its first epoch, a good one has, so ASHA must cut it.
+    # Two good and two hopeless learning rates, one trial at a time, in the order given: by the
+    # time a hopeless trial reports its first epoch, a good one has, so ASHA must cut it.
     proc = run_train(
         "-m",
         "search=asha",
+        "search.shuffle_grid=false",
         "search.num_samples=2",
         "search.max_concurrent_trials=1",
         "trainer.max_epochs=4",
@@ -88,6 +89,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     proc = run_train(
         "-m",
         "search=asha",
+        "search.shuffle_grid=false",
         "search.num_samples=1",
         "search.max_concurrent_trials=1",
         "trainer.max_epochs=100",

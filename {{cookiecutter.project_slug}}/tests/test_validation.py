@@ -24,6 +24,7 @@ BAD = [
     (["+optimizer.momentun=0.9"], "optimizer.momentun is not a parameter of torch.optim.Adam"),
     (["model.dropout=lots"], "model.dropout must be a number in [0, 1), got 'lots'"),
     (["model.hidden_dim=???"], "model.hidden_dim is mandatory (???)"),
+    (["search=asha", "search.shuffle_grid=maybe"], "search.shuffle_grid must be true or false"),
 ]
 
 

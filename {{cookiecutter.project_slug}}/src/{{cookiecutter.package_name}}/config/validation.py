@@ -79,6 +79,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("search.num_samples", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
     ("search.mode", lambda v: v in {"min", "max"}, "min or max"),
+    ("search.reuse_actors", lambda v: isinstance(v, bool), "true or false"),
+    ("search.shuffle_grid", lambda v: isinstance(v, bool), "true or false"),
 ]
 
 

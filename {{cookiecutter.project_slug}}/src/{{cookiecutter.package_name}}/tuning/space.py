@@ -3,6 +3,7 @@
 | override                          | Tune domain                                   |
 | --------------------------------- | --------------------------------------------- |
 | `key=a,b,c`                       | grid: every value, as Hydra's basic sweeper   |
+| `key=shuffle(a,b,c)`              | grid, run in a seeded random order            |
 | `key=choice(a,b,c)`               | sampled categorical                           |
 | `key=range(a,b[,step])`           | sampled integer in [a, b) honouring step      |
 | `key=interval(a,b)`               | uniform float                                 |
@@ -10,10 +11,15 @@
 | `key=tag(int, interval(a,b))`     | uniform integer in [a, b]                     |
 | `key=value`                       | fixed: passed to every trial as written       |
 
+Early stopping judges each trial against the trials before it, so a sorted list (learning
+rates from small to large) is ASHA's worst case: every trial beats the ones before it and none is
+stopped. `shuffle_grid` runs every grid in a random order, seeded so that a sweep repeats.
+
 Sampled values are numbers, booleans, null or override-ready strings, so a trial's overrides are
 `key=<value>` and the best ones can be pasted back on the command line.
 """
 
+import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,10 +65,17 @@ def parse(arguments: Iterable[str]) -> list[Override]:
         raise SearchSpaceError(str(error)) from error
 
 
-def build(arguments: Iterable[str], params: Mapping[str, Any] | None = None) -> SearchSpace:
+def build(
+    arguments: Iterable[str],
+    params: Mapping[str, Any] | None = None,
+    *,
+    shuffle_grid: bool = False,
+    seed: int = 0,
+) -> SearchSpace:
     """The search space of `arguments` (command line) and `params` (the `search.params` config).
 
-    A key given on the command line wins over the same key in `params`.
+    A key given on the command line wins over the same key in `params`. With `shuffle_grid`,
+    every grid runs in a random order (`shuffle(a,b,c)` always does), seeded by `seed`.
     """
     overrides = parse(arguments)
     given = {override.get_key_element() for override in overrides}
@@ -86,12 +99,12 @@ def build(arguments: Iterable[str], params: Mapping[str, Any] | None = None) -> 
             )
         if override.is_delete():
             raise SearchSpaceError(f"{override.input_line}: a deletion cannot be swept")
-        space.domains[key] = domain(override)
+        space.domains[key] = domain(override, shuffle_grid=shuffle_grid, seed=seed)
     return space
 
 
-def domain(override: Override) -> Any:
-    """The Tune domain of one sweep override."""
+def domain(override: Override, *, shuffle_grid: bool = False, seed: int = 0) -> Any:
+    """The Tune domain of one sweep override; a grid's values shuffled if asked."""
     sweep = override.value()
     line = override.input_line
     if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
@@ -102,15 +115,23 @@ def domain(override: Override) -> Any:
             f"{line}: unsupported tag(s) {sorted(unknown)}; known: {sorted(SUPPORTED_TAGS)}"
         )
     log = "log" in sweep.tags
-    if getattr(sweep, "shuffle", False):
-        raise SearchSpaceError(f"{line}: shuffle() has no meaning for a sampled search; drop it")
+    grid = isinstance(sweep, ChoiceSweep) and sweep.simple_form
+    if getattr(sweep, "shuffle", False) and not grid:
+        raise SearchSpaceError(
+            f"{line}: shuffle() orders a list of values, as in shuffle(a,b,c); a sampled "
+            "search has no order"
+        )
     if isinstance(sweep, ChoiceSweep):
         values = [_sample_value(element) for element in sweep.list]
         if not values:
             raise SearchSpaceError(f"{line}: an empty choice")
         if log:
             raise SearchSpaceError(f"{line}: tag(log) needs interval() or range(), not a choice")
-        return tune.grid_search(values) if sweep.simple_form else tune.choice(values)
+        if not grid:
+            return tune.choice(values)
+        if shuffle_grid or sweep.shuffle:
+            random.Random(seed).shuffle(values)
+        return tune.grid_search(values)
     if isinstance(sweep, RangeSweep):
         values = list(override.sweep_iterator())
         if not values:

@@ -81,7 +81,9 @@ def run_sweep(
 
     params = search.get("params")
     params = OmegaConf.to_container(params, resolve=True) if params else {}
-    space = build(arguments, params)
+    space = build(
+        arguments, params, shuffle_grid=bool(search.get("shuffle_grid")), seed=int(config.seed)
+    )
     search_alg = instantiate(search.search_alg) if search.get("search_alg") else None
     if space.has_grid and not isinstance(search_alg, BasicVariantGenerator | None):
         raise SearchSpaceError(
