@@ -12,6 +12,8 @@ import ray
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from {{ cookiecutter.package_name }}.training.cluster import own_dashboard
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
@@ -31,7 +33,13 @@ def ray_address() -> Iterator[str]:
     """Address of a 2-CPU Ray cluster shared by every test that needs one."""
     if not ray.is_initialized():
         # address="local": a fresh cluster for the tests, never one left running by `ray start`.
-        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=True,
+            log_to_driver=False,
+            **own_dashboard(),
+        )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -42,6 +50,8 @@ def train_env(ray_address: str | None) -> dict[str, str]:
     env.pop("RAY_ADDRESS", None)
     if ray_address:
         env["RAY_ADDRESS"] = ray_address
+    else:  # its own cluster points the state API at itself
+        env.pop("RAY_API_SERVER_ADDRESS", None)
     return env
 
 

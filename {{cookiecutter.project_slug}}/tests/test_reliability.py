@@ -4,13 +4,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import failure, run_train, start_train
+from .conftest import failure, run_train, start_train, train_env
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +105,45 @@ def test_ctrl_c_leaves_no_ray_processes_behind(tmp_path: Path) -> None:
     while pids("raylet") - raylets_before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not pids("raylet") - raylets_before
+
+
+# A run's own cluster, with a file of a dead `ray start` cluster on the machine: Ray Train's
+# placement-group cleaner, inside the cluster, must still find the run's controller alive.
+CLEANER_VIEW = """
+import ray
+from ray.util.state import get_actor
+from {{ cookiecutter.package_name }}.training import cluster
+
+cluster.connect({"num_cpus": 1})
+
+@ray.remote(num_cpus=0)
+class Controller:
+    def ready(self):
+        return True
+
+@ray.remote(num_cpus=0)
+def state_seen_inside(actor_id):
+    actor = get_actor(actor_id, timeout=10)
+    return actor.state if actor else "not found"
+
+controller = Controller.remote()
+ray.get(controller.ready.remote())
+print("controller:", ray.get(state_seen_inside.remote(controller._actor_id.hex()), timeout=60))
+ray.shutdown()
+"""
+
+
+def test_ray_inside_a_local_cluster_asks_it_not_a_stale_ray_start_cluster() -> None:
+    with tempfile.TemporaryDirectory(prefix="rt", dir="/tmp") as temp:  # short: socket paths
+        (Path(temp) / "ray").mkdir()
+        (Path(temp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing there
+        env = {**train_env(None), "RAY_TMPDIR": temp}
+        proc = subprocess.run(
+            [sys.executable, "-c", CLEANER_VIEW],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert proc.returncode == 0, failure(proc)
+    assert "controller: ALIVE" in proc.stdout

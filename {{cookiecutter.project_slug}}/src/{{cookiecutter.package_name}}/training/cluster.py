@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,8 @@ RAY_TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05"}
 # On a cluster started here, no cloud provider preempts nodes: Ray Train's preemption watcher
 # would only be one more process to start for every run and sweep trial.
 LOCAL_CLUSTER_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Ray's default dashboard port; Ray tries the next ones when it is taken.
+DASHBOARD_PORT, DASHBOARD_PORT_TRIES = 8265, 50
 
 
 class ResourceError(RuntimeError):
@@ -46,13 +49,40 @@ def connect(ray_cfg: Mapping[str, Any]) -> None:
         log.info("Starting a local Ray cluster (set ray.address or RAY_ADDRESS to use another)")
         for name, value in LOCAL_CLUSTER_ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)  # the new cluster's processes inherit them
+        dashboard = ray_cfg.get("include_dashboard")
         ray.init(
             address="local",  # a new cluster, even if `ray start` left one running here
             num_cpus=ray_cfg.get("num_cpus"),
             num_gpus=ray_cfg.get("num_gpus"),
-            include_dashboard=ray_cfg.get("include_dashboard"),
+            include_dashboard=dashboard,
             runtime_env=runtime_env or None,
+            **(own_dashboard() if dashboard is not False else {}),
         )
+
+
+def own_dashboard() -> dict[str, int]:
+    """`ray.init` arguments for a cluster started here: a dashboard port chosen now, which
+    Ray's state API in this process and every process of the cluster is pointed at.
+
+    Ray Train calls the state API from inside the cluster: its placement-group cleaner asks
+    every second whether the run's controller is alive, and removes the run's placement group
+    when it is not. Without RAY_ADDRESS, the state API asks the cluster named in the file that
+    `ray start` writes (/tmp/ray/ray_current_cluster): another cluster when `ray start` left one
+    running here (seen: the cleaner found no such controller there and quit; had the run's
+    group been registered by then, it would have removed it), or a dead one when it was killed
+    without `ray stop` (seen: the queries time out, a killed run's group is never freed, and
+    later sweep trials fail to get their CPUs). The variable is set before the cluster starts,
+    so that its processes inherit it.
+    """
+    for port in range(DASHBOARD_PORT, DASHBOARD_PORT + DASHBOARD_PORT_TRIES):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        return {"dashboard_port": port}
+    return {}  # Ray finds a port itself, or fails with its own message
 
 
 def worker_bundle(scaling: Mapping[str, Any]) -> dict[str, float]:
