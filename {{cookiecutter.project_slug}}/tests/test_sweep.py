@@ -113,6 +113,42 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     assert len({reports(tmp_path, row["trial"])[0]["pid"] for row in rows}) == 1
 
 
+def test_pbt_hands_the_good_trials_checkpoint_to_the_hopeless_one(
+    ray_address: str, tmp_path: Path
+) -> None:
+    # A good and a hopeless learning rate, compared at the same epoch (synch): after 2 epochs
+    # the hopeless trial takes the good one's checkpoint and learning rate, and trains on.
+    proc = run_train(
+        "-m",
+        "search=pbt",
+        "search.num_samples=1",
+        "search.scheduler.synch=true",
+        "trainer.max_epochs=4",
+        "data=synthetic",
+        "data.source.num_samples=2048",
+        "optimizer.lr=1e-7,0.03",
+        "model.dropout=interval(0.0,0.2)",  # PBT mutates the sampled keys
+        f"hydra.sweep.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode == 0, failure(proc)
+    steps = (tmp_path / "tune" / "pbt_global.txt").read_text().splitlines()
+    # Each line: [trial, cloned trial, its epoch, theirs, their config, the new config].
+    first = json.loads(steps[0])
+    assert first[4]["optimizer.lr"] == 0.03 and first[5]["optimizer.lr"] == 0.03
+    target = int(first[0].split("_")[0])
+    rows = {int(row["trial"]): row for row in trials(tmp_path)}
+    assert all(row["status"] == "completed" and row["epochs"] == "4" for row in rows.values())
+    # Its TensorBoard holds both runs: chance level (lr=1e-7 learns nothing in 2 epochs), then
+    # the good trial's weights trained on.
+    events = EventAccumulator(str(tmp_path / str(target) / "tensorboard")).Reload()
+    losses = [event.value for event in events.Scalars("val_loss")]
+    assert losses[0] > 2.0 and losses[-1] < 1.0, losses
+    assert float(rows[target]["final"]) < 1.0
+    summary = json.loads((tmp_path / str(target) / "result.json").read_text())
+    assert summary["metrics"]["epoch"] == 3 and summary["metrics"]["val_loss"] < 1.0
+
+
 def test_interrupted_sweep_resumes_and_keeps_finished_trials(
     ray_address: str, tmp_path: Path
 ) -> None:

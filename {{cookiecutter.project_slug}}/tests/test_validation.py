@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from {{ cookiecutter.package_name }}.config import ConfigError, validate
 
@@ -70,12 +71,18 @@ def test_unknown_key_on_the_command_line_is_hydras_error(tmp_path) -> None:
     assert "Could not override 'model.hiden_dim'" in proc.stderr
 
 
-def test_missing_or_corrupt_resume_checkpoint_is_named(tmp_path) -> None:
-    from {{ cookiecutter.package_name }}.training.run import check_checkpoint
+def test_missing_corrupt_or_finished_resume_checkpoint_is_named(tmp_path) -> None:
+    from {{ cookiecutter.package_name }}.training.run import build_trainer, trained_epochs
 
     with pytest.raises(FileNotFoundError, match="resume_from=.*nope.ckpt: no such checkpoint"):
-        check_checkpoint(str(tmp_path / "nope.ckpt"))
+        trained_epochs(str(tmp_path / "nope.ckpt"))
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="corrupt.ckpt is not a readable checkpoint"):
-        check_checkpoint(str(corrupt))
+        trained_epochs(str(corrupt))
+    finished = tmp_path / "finished.ckpt"
+    torch.save({"epoch": 2, "state_dict": {}}, finished)  # the end of its third epoch
+    assert trained_epochs(str(finished)) == 3
+    cfg = compose_config("trainer.max_epochs=3", f"resume_from={finished}")
+    with pytest.raises(ValueError, match="has trained 3 epochs and trainer.max_epochs=3"):
+        build_trainer(cfg)

@@ -51,24 +51,32 @@ def run_config(cfg: DictConfig, callbacks: list | None = None) -> RunConfig:
     )
 
 
-def check_checkpoint(path: str) -> None:
-    """Fail now, in plain words, if `path` is not a readable Lightning checkpoint file."""
+def trained_epochs(path: str) -> int:
+    """How many epochs the Lightning checkpoint file `path` has trained; fails now, in plain
+    words, if it is missing or unreadable."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"resume_from={path}: no such checkpoint file")
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
         raise ValueError(
             f"resume_from={path} is not a readable checkpoint ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
         ) from error
+    return int(checkpoint.get("epoch", -1)) + 1  # Lightning saves the 0-based epoch index
 
 
 def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer for `cfg`, checked against the cluster it will run on."""
     validate(cfg)
     if cfg.get("resume_from"):
-        check_checkpoint(cfg.resume_from)
+        done = trained_epochs(cfg.resume_from)
+        if done >= cfg.trainer.max_epochs:
+            raise ValueError(
+                f"resume_from={cfg.resume_from} has trained {done} epochs and "
+                f"trainer.max_epochs={cfg.trainer.max_epochs}: nothing is left to train. Raise "
+                "trainer.max_epochs to train on."
+            )
     cluster.connect(cfg.ray)
     cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.

@@ -3,6 +3,7 @@
 import math
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,19 +61,27 @@ def summarize_trials(
     max_epochs: int,
     sweep_dir: Path,
     interrupted: list[int] = (),
+    seen: Mapping[int, list[dict]] | None = None,
 ) -> tuple[list[TrialSummary], dict[int, pd.DataFrame]]:
     """A summary per trial, and each trial's per-epoch history, both keyed by job number.
 
     `interrupted`: the trials that were still running when the sweep was stopped (Ctrl-C).
+    `seen`: the results this session's driver received, by job number. Tune's own record of a
+    trial can lack the latest ones (restarting a paused trial, as PBT does, puts back the copy
+    last synced to storage), and `seen` lacks those of the sessions before a resume: each
+    trial's history is the longer of the two.
     """
     rows, histories = [], {}
     for result in grid:
         number = job_number(result.path)
-        history = (
+        recorded = (
             result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         )
+        received = pd.DataFrame((seen or {}).get(number, []))
+        history = received if len(received) > len(recorded) else recorded
         values = history[metric].dropna() if metric in history else pd.Series(dtype=float)
-        output_dir = (result.metrics or {}).get("output_dir") or str(sweep_dir / str(number))
+        reported_dir = history["output_dir"].dropna() if "output_dir" in history else []
+        output_dir = reported_dir.iloc[-1] if len(reported_dir) else str(sweep_dir / str(number))
         # Epochs trained, from the epoch counter: a trial resumed from a checkpoint (after an
         # interruption, or PBT's hand-over) reports fewer times than it has epochs.
         epochs = int(history["epoch"].max()) + 1 if len(values) and "epoch" in history else 0

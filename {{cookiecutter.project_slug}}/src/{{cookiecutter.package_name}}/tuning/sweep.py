@@ -37,6 +37,11 @@ class SweepMonitor(tune.Callback, tune.Stopper):
     def __init__(self, max_failed: int) -> None:
         self.max_failed = max_failed
         self.status: dict[int, str] = {}  # job number -> running, finished or error
+        self.history: dict[int, list[dict]] = {}  # job number -> every result, as reported
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        row = {key: value for key, value in result.items() if isinstance(value, int | float | str)}
+        self.history.setdefault(job_number(trial.custom_dirname), []).append(row)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.status[job_number(trial.custom_dirname)] = "running"
@@ -137,6 +142,7 @@ def run_sweep(
         int(config.trainer.max_epochs),
         sweep_dir,
         interrupted=monitor.interrupted(),
+        seen=monitor.history,
     )
     best = results.write_results(
         sweep_dir, config.hydra.job.name, rows, histories, search.metric, search.mode

@@ -19,6 +19,7 @@ from ray import tune
 
 from ..checkpoints import CHECKPOINT_FILE
 from ..data import PreparedData, reuse_prepared
+from ..training.run import trained_epochs
 from .reporting import reporting_to_tune
 from .space import SearchSpace
 
@@ -81,10 +82,14 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
         config.hydra.job.num = number
         restart = tune.get_checkpoint()
         if restart is not None:
-            # Resumed after an interruption, or handed another trial's checkpoint by PBT: start
-            # a fresh Train run from that checkpoint instead of this trial's own last state.
+            # Resumed after an interruption or a pause, or handed another trial's checkpoint by
+            # PBT: start a fresh Train run from that checkpoint.
             config.resume_from = os.path.join(restart.path, CHECKPOINT_FILE)
             config.run_name = f"{config.run_name}-from-{Path(restart.path).name}"
+            if trained_epochs(config.resume_from) >= config.trainer.max_epochs:
+                # Paused (PBT pauses trials to let others run) or interrupted after its last
+                # epoch: nothing is left to train. Tune has its results, its folder its summary.
+                return None
     HydraConfig.instance().set_config(config)
     output_dir = str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
     with reporting_to_tune(output_dir=output_dir) as reporter:
