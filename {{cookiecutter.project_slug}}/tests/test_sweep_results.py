@@ -3,6 +3,7 @@
 import copy
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import yaml
@@ -11,6 +12,7 @@ from {{ cookiecutter.package_name }}.tuning.results import (
     TrialSummary,
     best_trial,
     format_summary,
+    summarize_trials,
     write_results,
 )
 from {{ cookiecutter.package_name }}.tuning.trial import TrialNumbers, job_number
@@ -84,3 +86,32 @@ def test_trial_numbers_survive_tunes_copies_and_resume(tmp_path: Path) -> None:
     (tmp_path / "trial_0").mkdir()
     (tmp_path / "trial_4").mkdir()
     assert TrialNumbers(tmp_path)(trial=None) == "trial_5"
+
+
+def tune_result(tmp_path: Path, number: int, losses: list[float]) -> SimpleNamespace:
+    """What Tune's ResultGrid holds for a trial: its folder and its recorded history."""
+    history = pd.DataFrame({"epoch": range(len(losses)), "val_loss": losses})
+    return SimpleNamespace(
+        path=str(tmp_path / "tune" / f"trial_{number}"),
+        metrics_dataframe=history,
+        metrics=history.iloc[-1].to_dict(),
+        error=None,
+        config={"optimizer.lr": 0.01},
+    )
+
+
+def test_trial_histories_take_the_longer_record_and_pbt_trials_are_not_stopped(
+    tmp_path: Path,
+) -> None:
+    grid = [tune_result(tmp_path, 0, [2.0, 1.0]), tune_result(tmp_path, 1, [2.0, 1.5])]
+    # The driver saw all 4 of trial 0's epochs; Tune's copy kept 2 (a restore put back an older
+    # one). Trial 1 ended after 2 epochs of its own.
+    seen = {0: [{"epoch": e, "val_loss": v} for e, v in enumerate([2.0, 1.0, 0.5, 0.25])]}
+    args = (grid, "val_loss", "min", 4, tmp_path)
+    rows, histories = summarize_trials(*args, seen=seen)
+    assert (rows[0].status, rows[0].epochs, rows[0].final) == ("completed", 4, 0.25)
+    assert len(histories[0]) == 4
+    assert (rows[1].status, rows[1].epochs) == ("stopped early", 2)
+    # Under PBT no trial is stopped: one that took over a finished trial's checkpoint is done.
+    rows, _ = summarize_trials(*args, seen=seen, early_stopping=False)
+    assert rows[1].status == "completed"

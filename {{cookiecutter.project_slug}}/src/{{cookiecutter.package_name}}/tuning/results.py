@@ -62,10 +62,13 @@ def summarize_trials(
     sweep_dir: Path,
     interrupted: list[int] = (),
     seen: Mapping[int, list[dict]] | None = None,
+    early_stopping: bool = True,
 ) -> tuple[list[TrialSummary], dict[int, pd.DataFrame]]:
     """A summary per trial, and each trial's per-epoch history, both keyed by job number.
 
     `interrupted`: the trials that were still running when the sweep was stopped (Ctrl-C).
+    `early_stopping`: whether the scheduler stops trials. PBT does not: a trial of fewer epochs
+    took over another's finished checkpoint, and is complete.
     `seen`: the results this session's driver received, by job number. Tune's own record of a
     trial can lack the latest ones (restarting a paused trial, as PBT does, puts back the copy
     last synced to storage), and `seen` lacks those of the sessions before a resume: each
@@ -91,7 +94,7 @@ def summarize_trials(
             status = "interrupted"
         elif len(values) == 0:
             status = "not run"  # the sweep ended (e.g. too many failures) before it reported
-        elif epochs < max_epochs:
+        elif epochs < max_epochs and early_stopping:
             status = "stopped early"
         else:
             status = "completed"

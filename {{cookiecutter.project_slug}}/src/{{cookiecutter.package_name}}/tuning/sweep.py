@@ -143,6 +143,7 @@ def run_sweep(
         sweep_dir,
         interrupted=monitor.interrupted(),
         seen=monitor.history,
+        early_stopping=scheduler is not None and not isinstance(scheduler, PopulationBasedTraining),
     )
     best = results.write_results(
         sweep_dir, config.hydra.job.name, rows, histories, search.metric, search.mode
