@@ -56,8 +56,8 @@ def trained_epochs(path: str) -> int:
     words, if it is missing or unreadable."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"resume_from={path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # mapped, not read: only the epoch counter is needed, and checkpoints can be large
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many types for a damaged file
         raise ValueError(
             f"resume_from={path} is not a readable checkpoint ({type(error).__name__}: "

@@ -67,12 +67,12 @@ def summarize_trials(
     """A summary per trial, and each trial's per-epoch history, both keyed by job number.
 
     `interrupted`: the trials that were still running when the sweep was stopped (Ctrl-C).
-    `early_stopping`: whether the scheduler stops trials. PBT does not: a trial of fewer epochs
-    took over another's finished checkpoint, and is complete.
     `seen`: the results this session's driver received, by job number. Tune's own record of a
     trial can lack the latest ones (restarting a paused trial, as PBT does, puts back the copy
     last synced to storage), and `seen` lacks those of the sessions before a resume: each
     trial's history is the longer of the two.
+    `early_stopping`: whether the scheduler stops trials. PBT does not: a trial of fewer epochs
+    took over another's finished checkpoint, and is complete.
     """
     rows, histories = [], {}
     for result in grid:
