@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from ray.tune.schedulers import TrialScheduler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -34,19 +34,18 @@ def curves(sweep_dir: Path, metric: str) -> list[list[float]]:
     return found
 
 
-def make_scheduler(project: Path, epochs: int) -> tuple[TrialScheduler, str]:
-    """The project's `search=asha` scheduler for `epochs`-epoch trials, and its metric."""
-    search = OmegaConf.load(project / "configs" / "search" / "asha.yaml").search
+def asha_config(project: Path) -> DictConfig:
+    """The project's `search=asha` settings."""
+    return OmegaConf.load(project / "configs" / "search" / "asha.yaml").search
+
+
+def replay(search: DictConfig, history: list[list[float]], order: list[int], slots: int = 2) -> int:
+    """Trial-epochs run when the trials start in `order`, `slots` at a time, under a new
+    scheduler built from `search` (the asha config)."""
+    epochs, metric = len(history[0]), search.metric
     scheduler = instantiate(
-        search.scheduler, max_t=epochs, metric=search.metric, mode=search.mode, _convert_="all"
+        search.scheduler, max_t=epochs, metric=metric, mode=search.mode, _convert_="all"
     )
-    return scheduler, search.metric
-
-
-def replay(project: Path, history: list[list[float]], order: list[int], slots: int = 2) -> int:
-    """Trial-epochs run when the trials start in `order`, `slots` at a time."""
-    epochs = len(history[0])
-    scheduler, metric = make_scheduler(project, epochs)
     waiting, running, total = list(order), [], 0
     while waiting or running:
         while waiting and len(running) < slots:
@@ -82,20 +81,20 @@ def main() -> None:
     arguments.add_argument("--orders", type=int, default=2000, help="random orders to replay")
     arguments.add_argument("--seed", type=int, default=42, help="the project's `seed`")
     args = arguments.parse_args()
+    search = asha_config(args.project)
     for sweep in args.sweeps:
         history = curves(sweep, args.metric)
         count, epochs = len(history), len(history[0])
         rng = random.Random(0)
         totals = sorted(
-            replay(args.project, history, rng.sample(range(count), count))
-            for _ in range(args.orders)
+            replay(search, history, rng.sample(range(count), count)) for _ in range(args.orders)
         )
         decile = len(totals) // 10
         print(
             f"{sweep}: {count} trials x {epochs} epochs = {count * epochs} without early stopping\n"
-            f"  order given: {replay(args.project, history, list(range(count)))}; "
+            f"  order given: {replay(search, history, list(range(count)))}; "
             f"seeded shuffle (seed {args.seed}): "
-            f"{replay(args.project, history, seeded_order(args.project, count, args.seed))}\n"
+            f"{replay(search, history, seeded_order(args.project, count, args.seed))}\n"
             f"  {args.orders} random orders: mean {statistics.mean(totals):.1f}, median "
             f"{statistics.median(totals):.0f}, 10-90% {totals[decile]}-{totals[-decile - 1]}"
         )

@@ -31,21 +31,19 @@ def test_comma_list_is_every_value() -> None:
 
 def test_grids_run_in_a_seeded_shuffled_order_when_asked() -> None:
     rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-    line = "optimizer.lr=" + ",".join(map(str, rates))
-    as_given = build([line]).domains["optimizer.lr"]["grid_search"]
-    shuffled = build([line], shuffle_grid=True, seed=42).domains["optimizer.lr"]["grid_search"]
-    assert as_given == rates
+    listed = ",".join(map(str, rates))
+
+    def order(line: str, **options) -> list:
+        return build([line], **options).domains["optimizer.lr"]["grid_search"]
+
+    shuffled = order(f"optimizer.lr={listed}", shuffle_grid=True, seed=42)
+    assert order(f"optimizer.lr={listed}") == rates
     assert sorted(shuffled) == rates and shuffled != rates
     # The same seed gives the same order (a sweep repeats, and resumes); another seed, another.
-    assert build([line], shuffle_grid=True, seed=42).domains["optimizer.lr"]["grid_search"] == (
-        shuffled
-    )
-    assert build([line], shuffle_grid=True, seed=7).domains["optimizer.lr"]["grid_search"] != (
-        shuffled
-    )
+    assert order(f"optimizer.lr={listed}", shuffle_grid=True, seed=42) == shuffled
+    assert order(f"optimizer.lr={listed}", shuffle_grid=True, seed=7) != shuffled
     # Hydra's shuffle() asks for it on one key, whatever the search's setting.
-    explicit = build(["optimizer.lr=shuffle(" + ",".join(map(str, rates)) + ")"], seed=42)
-    assert explicit.domains["optimizer.lr"]["grid_search"] == shuffled
+    assert order(f"optimizer.lr=shuffle({listed})", seed=42) == shuffled
 
 
 def test_range_honours_step_and_exclusive_stop() -> None:
