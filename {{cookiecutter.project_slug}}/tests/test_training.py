@@ -1,6 +1,9 @@
 """Real training under Ray Train on the shared CPU cluster: outputs, reproducibility, fail-fast."""
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -8,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from {{ cookiecutter.package_name }}.training import cluster, train
 
-from .conftest import compose_config, failure, run_train
+from .conftest import PROJECT_ROOT, compose_config, failure, run_train, train_env
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +43,34 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     val_loss = events.Scalars("val_loss")
     assert [event.step for event in val_loss] and len(val_loss) == 2
+
+
+def test_a_print_in_a_worker_shows_once(ray_address: str) -> None:
+    # A driver as train.py sets it up (cluster.connect), around a worker that prints.
+    script = textwrap.dedent(
+        """
+        from ray.train import ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        from {{ cookiecutter.package_name }}.training import cluster
+
+        def loop(config):
+            print("worker says hello")
+
+        cluster.connect({})
+        TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1)).fit()
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        env=train_env(ray_address),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, failure(proc)
+    assert (proc.stdout + proc.stderr).count("worker says hello") == 1
 
 
 def test_same_seed_same_metrics(ray_address: str, tmp_path: Path) -> None:

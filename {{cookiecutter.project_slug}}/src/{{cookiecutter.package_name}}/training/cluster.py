@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 # report per epoch, no run goes faster than one epoch per interval. 0.05 s let the digits' epochs
 # (0.06 s) run at full speed; 0.1 s held them to 0.1 s, 0.02 s was no faster. Ray Train passes
 # the variable on from this process to its controller and workers; a value set by the user wins.
-RAY_TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05"}
+# Ray Train also sends a worker's print() to its log files through a patched print, which in Ray
+# 2.60 writes every line to the console a second time (Ray wraps the worker's stdout, and the
+# patch then copies to both): off, each print() shows once, and Ray's worker logs still have it.
+RAY_TRAIN_ENV_DEFAULTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
 # On a cluster started here, no cloud provider preempts nodes: Ray Train's preemption watcher
 # would only be one more process to start for every run and sweep trial.
 LOCAL_CLUSTER_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
