@@ -100,9 +100,9 @@ def markdown(results: dict) -> str:
     sweeps = bench.get("sweeps", {})
     if "runs" in sweeps:
         lines += _sweep_rows(sweeps, "3.")
-        if "runs" in sweeps.get("long_epochs", {}):
-            long = sweeps["long_epochs"]
-            lines += _sweep_rows(long, f"3b. with long epochs (`{long['data']}`):")
+        for key, label in (("long_epochs", "3b. with long"), ("longer_epochs", "3c. with longer")):
+            if "runs" in sweeps.get(key, {}):
+                lines += _sweep_rows(sweeps[key], f"{label} epochs (`{sweeps[key]['data']}`):")
     serving = bench.get("serving", {})
     if "by_concurrency" in serving:
         for concurrency, row in serving["by_concurrency"].items():
