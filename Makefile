@@ -32,7 +32,7 @@ test-quick: setup
 	$(BIN)/python -m pytest tests -m "not slow"
 
 # Benchmarks against plain Lightning, a raw PyTorch loop, Hydra's basic sweep and FastAPI (about
-# 20 minutes on 2 cores; not a test). Writes $(BENCH_DIR)/results.json and results.md.
+# 30 minutes on 2 cores; not a test). Writes $(BENCH_DIR)/results.json and results.md.
 # BENCH_ARGS: e.g. --quick, --only training,serving, --repeats 1.
 BENCH_DIR := build/bench
 BENCH_ARGS ?=

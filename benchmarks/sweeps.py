@@ -50,7 +50,7 @@ def schedule(histories: list[list[dict]], slots: int) -> dict[str, float]:
     return {"trials_span_s": actual, "ideal_s": ideal, "ratio": actual / ideal}
 
 
-# Epochs of about 5 s: nearer a research run's (minutes), where a trial's fixed cost in Ray
+# Epochs of about 4 s: nearer a research run's (minutes), where a trial's fixed cost in Ray
 # Train's processes (about 18 s of CPU on 2 cores) no longer hides the epochs ASHA saves.
 LONGER_EPOCHS = ["data=synthetic", "data.source.num_samples=131072"]
 
