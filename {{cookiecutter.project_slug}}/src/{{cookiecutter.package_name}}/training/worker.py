@@ -2,6 +2,7 @@
 
 import logging
 import os
+import warnings
 from contextlib import ExitStack
 from typing import Any
 
@@ -10,6 +11,7 @@ import ray.train
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
@@ -60,6 +62,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         cache=cfg.data.cache_in_worker,
     )
     world_size = ray.train.get_context().get_world_size()
+    _quiet_false_alarms(world_size)
     trainer = L.Trainer(
         **cfg.trainer,
         accelerator="gpu" if cfg.scaling.use_gpu else "cpu",
@@ -92,6 +95,22 @@ def _distribution(world_size: int) -> dict[str, Any]:
         "strategy": RayDDPStrategy(),
         "plugins": [RayLightningEnvironment()],
     }
+
+
+def _quiet_false_alarms(world_size: int) -> None:
+    """Silence two warnings every run printed that say nothing about the run."""
+    # Lightning 2.6 still builds torch's LeafSpec, which recent torch deprecates, in every fit.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+    )
+    if world_size == 1:
+        # Ray Train sets up a process group even for one worker, so Lightning takes the
+        # one-device run for a distributed one and asks for the sync_dist=True it already has.
+        warnings.filterwarnings(
+            "ignore", message=r"It is recommended to use `self.log\(", category=PossibleUserWarning
+        )
 
 
 def _resume_path(stack: ExitStack, cfg: DictConfig) -> str | None:
