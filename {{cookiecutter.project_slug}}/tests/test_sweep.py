@@ -45,6 +45,9 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         ray_address=ray_address,
     )
     assert proc.returncode == 0, failure(proc)
+    # Stopping trials, the last one too, is routine: no tracebacks, no warnings about settings.
+    assert "Traceback" not in proc.stderr
+    assert "max_concurrent_trials` will be ignored" not in proc.stderr
     rows = trials(tmp_path)
     assert len(rows) == 4
     assert all(row["status"] in ("completed", "stopped early") for row in rows)

@@ -7,8 +7,10 @@ them off and calls `tune.report`, so schedulers see every epoch while the run is
 
 Tune may hand a finished or stopped trial's process to the next trial (`reuse_actors`). The
 queue then serves every trial of that process, each run's items tagged with its own id. When a
-scheduler stops a trial, `tune.report` raises SystemExit in the trial's thread: a run that is
-not ending by itself is aborted, so that its workers give their CPUs back to the next trial.
+scheduler stops or pauses a trial, `tune.report` raises SystemExit in the trial's thread. A run
+stopped after its last epoch is ending anyway and is let finish (it writes its result.json);
+any other is aborted at once, so that its workers give their CPUs back to the next trial and
+it trains no further epochs that Tune will not see.
 """
 
 import logging
@@ -28,7 +30,7 @@ from ray.util.queue import Queue
 
 log = logging.getLogger(__name__)
 
-# How long a run stopped by Tune gets to end by itself (it does after its last epoch).
+# How long a run stopped by Tune after its last epoch gets to end by itself.
 FINISH_GRACE_S = 2.0
 # How long an aborted run gets to stop its workers (Ray Train gives them 5 s) and free their
 # placement group before its controller is killed.
@@ -67,9 +69,10 @@ class _ForwardReports(UserCallback):
 class TrialReporter:
     """Created per trial by the sweeper; `training.run.train` uses it when one is active."""
 
-    def __init__(self, **extra: Any) -> None:
+    def __init__(self, last_epoch: int | None = None, **extra: Any) -> None:
         self.queue = _process_queue()
         self.run_id = uuid.uuid4().hex
+        self.last_epoch = last_epoch  # the run's final epoch (0-based), when known
         self.extra = extra  # added to every report, e.g. the trial's output folder
         self.stopped = False  # set once Tune has stopped the trial
 
@@ -87,11 +90,16 @@ class TrialReporter:
             except BaseException as error:  # re-raised below, in the trial's thread
                 outcome["error"] = error
             finally:
-                self.queue.put((self.run_id, _DONE))
+                try:
+                    self.queue.put((self.run_id, _DONE))
+                except ray.exceptions.RayActorError:
+                    # The trial is over and Tune has removed its placement group, the queue
+                    # with it (seen when the last trials of a sweep are stopped): no one waits.
+                    pass
 
         thread = threading.Thread(target=fit, name="train-fit", daemon=True)
         thread.start()
-        controller = None
+        controller, metrics = None, {}
         try:
             for report in self._reports():
                 metrics, checkpoint_path, controller = report
@@ -100,10 +108,13 @@ class TrialReporter:
                 )
                 tune.report({**metrics, **self.extra}, checkpoint=checkpoint)
         except SystemExit:
-            # Tune stopped the trial: a scheduler's decision, or its last epoch. After the last
-            # epoch the run is ending anyway; let it end, and the job writes its result.json.
+            # Tune stopped or paused the trial. After the last epoch the run is ending anyway:
+            # let it end, and the job writes its result.json. Before it, the run must not train
+            # on: a paused (PBT) trial is restored later in a new run, which this one's
+            # result.json would otherwise race to overwrite.
             self.stopped = True
-            thread.join(timeout=FINISH_GRACE_S)
+            if self.last_epoch is not None and metrics.get("epoch") == self.last_epoch:
+                thread.join(timeout=FINISH_GRACE_S)
             if thread.is_alive():
                 _abort(controller, thread)
                 raise
@@ -147,11 +158,12 @@ def active() -> TrialReporter | None:
 
 
 @contextmanager
-def reporting_to_tune(**extra: Any):
-    """Within this block, training runs report to the current Tune trial."""
+def reporting_to_tune(last_epoch: int | None = None, **extra: Any):
+    """Within this block, training runs report to the current Tune trial; `last_epoch` is the
+    run's final epoch (0-based) and `extra` is added to every report."""
     global _active
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(THREAD_TIMEOUT_S)))
-    _active = TrialReporter(**extra)
+    _active = TrialReporter(last_epoch, **extra)
     try:
         yield _active
     finally:

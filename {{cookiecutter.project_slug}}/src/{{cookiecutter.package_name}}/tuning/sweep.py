@@ -105,9 +105,12 @@ def run_sweep(
     if not autoscaling:
         fits = cluster.max_concurrent_groups(config.scaling)
         concurrency = min(concurrency, fits) if concurrency else fits
+    tune_limit = concurrency
     if isinstance(search_alg, BasicVariantGenerator) and concurrency:
-        # Tune applies max_concurrent_trials only to a generator it creates itself.
+        # Tune applies max_concurrent_trials only to a generator it creates itself (and warns
+        # that it ignores it for this one): the generator keeps the limit.
         search_alg.max_concurrent = concurrency
+        tune_limit = None
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
@@ -123,7 +126,7 @@ def run_sweep(
     )
     monitor = SweepMonitor(int(search.max_failed_trials))
     tuner = make_tuner(
-        search, trainable, space, scheduler, search_alg, concurrency, monitor, sweep_dir
+        search, trainable, space, scheduler, search_alg, tune_limit, monitor, sweep_dir
     )
     log.info(
         "Ray Tune sweep %s: %s samples, up to %s trials at once, space %s, fixed %s",
