@@ -59,8 +59,15 @@ def run_train(
     *overrides: str, ray_address: str | None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """Run `python train.py <overrides>` as a user would, and wait for it."""
+    return run_python("train.py", *overrides, ray_address=ray_address, timeout=timeout)
+
+
+def run_python(
+    *args: str, ray_address: str | None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run `python <args>` in the project folder, on `ray_address` or its own cluster."""
     return subprocess.run(
-        [sys.executable, "train.py", *overrides],
+        [sys.executable, *args],
         cwd=PROJECT_ROOT,
         env=train_env(ray_address),
         capture_output=True,

@@ -1,8 +1,6 @@
 """Real training under Ray Train on the shared CPU cluster: outputs, reproducibility, fail-fast."""
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from {{ cookiecutter.package_name }}.training import cluster, train
 
-from .conftest import PROJECT_ROOT, compose_config, failure, run_train, train_env
+from .conftest import compose_config, failure, run_python, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -63,14 +61,7 @@ def test_a_print_in_a_worker_shows_once(ray_address: str) -> None:
         TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1)).fit()
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        env=train_env(ray_address),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("-c", script, ray_address=ray_address, timeout=300)
     assert proc.returncode == 0, failure(proc)
     assert (proc.stdout + proc.stderr).count("worker says hello") == 1
 
