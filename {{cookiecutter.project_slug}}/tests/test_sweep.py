@@ -61,6 +61,13 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         events = EventAccumulator(str(tmp_path / row["trial"] / "tensorboard")).Reload()
         assert len(events.Scalars("val_loss")) >= 1
     assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "4"
+    # A trial that ran to its last epoch wrote its summary; one stopped early did not.
+    for row in rows:
+        summary = tmp_path / row["trial"] / "result.json"
+        if row["status"] == "completed":
+            assert json.loads(summary.read_text())["metrics"]["epoch"] == 3
+        else:
+            assert not summary.exists()
     # max_concurrent_trials=1: each trial starts after the one before has sent its last report.
     started = [(tmp_path / row["trial"] / ".hydra" / "config.yaml").stat().st_mtime for row in rows]
     last_report = [reports(tmp_path, row["trial"])[-1]["timestamp"] for row in rows]
@@ -150,6 +157,10 @@ def test_pbt_hands_the_good_trials_checkpoint_to_the_hopeless_one(
     assert float(rows[target]["final"]) < 1.0
     summary = json.loads((tmp_path / str(target) / "result.json").read_text())
     assert summary["metrics"]["epoch"] == 3 and summary["metrics"]["val_loss"] < 1.0
+    # PBT pauses both trials once more after their last epoch: their runs still finish.
+    for number in rows:
+        summary = json.loads((tmp_path / str(number) / "result.json").read_text())
+        assert summary["metrics"]["epoch"] == 3
 
 
 def test_interrupted_sweep_resumes_and_keeps_finished_trials(

@@ -98,7 +98,11 @@ def _distribution(world_size: int) -> dict[str, Any]:
 
 
 def _quiet_false_alarms(world_size: int) -> None:
-    """Silence two warnings every run printed that say nothing about the run."""
+    """Silence messages that say nothing about the run: two warnings every run printed, and
+    the traceback of a worker caught mid-report by its run's shutdown."""
+    ray_train_errors = logging.getLogger(RAY_TRAIN_ERROR_LOGGER)
+    if not any(isinstance(f, TornDownMidReport) for f in ray_train_errors.filters):
+        ray_train_errors.addFilter(TornDownMidReport())
     # Lightning 2.6 still builds torch's LeafSpec, which recent torch deprecates, in every fit.
     warnings.filterwarnings(
         "ignore",
@@ -110,6 +114,30 @@ def _quiet_false_alarms(world_size: int) -> None:
         # one-device run for a distributed one and asks for the sync_dist=True it already has.
         warnings.filterwarnings(
             "ignore", message=r"It is recommended to use `self.log\(", category=PossibleUserWarning
+        )
+
+
+# Where Ray Train's worker logs the traceback of a train function that raised.
+RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
+
+
+class TornDownMidReport(logging.Filter):
+    """Drops the traceback of a worker whose `ray.train.report` lost its run's barrier actor
+    to the run's own shutdown.
+
+    Stopping a run (Tune stops a trial, Ctrl-C) kills its workers and its barrier actor and
+    removes their placement groups without waiting for the processes to exit: a worker waiting
+    at the barrier can fail there and log a traceback in the moment before it is killed itself.
+    The barrier actor loses its placement group only in such a teardown, so the message names
+    the cause. The error still reaches the run's controller, which reports it if the run was
+    not being stopped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            "class_name: SynchronizationActor" in message
+            and "placement group was removed" in message
         )
 
 

@@ -7,10 +7,13 @@ them off and calls `tune.report`, so schedulers see every epoch while the run is
 
 Tune may hand a finished or stopped trial's process to the next trial (`reuse_actors`). The
 queue then serves every trial of that process, each run's items tagged with its own id. When a
-scheduler stops or pauses a trial, `tune.report` raises SystemExit in the trial's thread. A run
-stopped after its last epoch is ending anyway and is let finish (it writes its result.json);
-any other is aborted at once, so that its workers give their CPUs back to the next trial and
-it trains no further epochs that Tune will not see.
+scheduler stops or pauses a trial, `tune.report` raises SystemExit in the trial's thread: the
+run is aborted at once, so that its workers give their CPUs back to the next trial and it
+trains no further epochs that Tune will not see.
+
+The last epoch's report is held back until the run has ended and the trial has written its
+result.json: Tune may end the trial's process as soon as it has that report (ASHA stops trials
+at their last epoch, PBT pauses them there), which would cut short the run's final steps.
 """
 
 import logging
@@ -30,14 +33,12 @@ from ray.util.queue import Queue
 
 log = logging.getLogger(__name__)
 
-# How long a run stopped by Tune after its last epoch gets to end by itself.
-FINISH_GRACE_S = 2.0
 # How long an aborted run gets to stop its workers (Ray Train gives them 5 s) and free their
 # placement group before its controller is killed.
 ABORT_TIMEOUT_S = 60.0
 # Tune hands a stopped trial's process to the next trial once the trial's thread has ended, and
-# waits TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s by default) for that: here, the grace and an abort.
-THREAD_TIMEOUT_S = FINISH_GRACE_S + 2 * ABORT_TIMEOUT_S
+# waits TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s by default) for that: here, for an abort.
+THREAD_TIMEOUT_S = 2 * ABORT_TIMEOUT_S
 
 _DONE = "__training_finished__"
 _active: "TrialReporter | None" = None
@@ -69,12 +70,12 @@ class _ForwardReports(UserCallback):
 class TrialReporter:
     """Created per trial by the sweeper; `training.run.train` uses it when one is active."""
 
-    def __init__(self, last_epoch: int | None = None, **extra: Any) -> None:
+    def __init__(self, last_epoch: int, **extra: Any) -> None:
         self.queue = _process_queue()
         self.run_id = uuid.uuid4().hex
-        self.last_epoch = last_epoch  # the run's final epoch (0-based), when known
+        self.last_epoch = last_epoch  # the run's final epoch (0-based)
         self.extra = extra  # added to every report, e.g. the trial's output folder
-        self.stopped = False  # set once Tune has stopped the trial
+        self.held_back: tuple[dict, str | None] | None = None  # the last epoch's report
 
     @property
     def callbacks(self) -> list[UserCallback]:
@@ -99,32 +100,34 @@ class TrialReporter:
 
         thread = threading.Thread(target=fit, name="train-fit", daemon=True)
         thread.start()
-        controller, metrics = None, {}
+        controller = None
         try:
             for report in self._reports():
                 metrics, checkpoint_path, controller = report
-                checkpoint = (
-                    tune.Checkpoint.from_directory(checkpoint_path) if checkpoint_path else None
-                )
-                tune.report({**metrics, **self.extra}, checkpoint=checkpoint)
-        except SystemExit:
-            # Tune stopped or paused the trial. After the last epoch the run is ending anyway:
-            # let it end, and the job writes its result.json. Before it, the run must not train
-            # on: a paused (PBT) trial is restored later in a new run, which this one's
-            # result.json would otherwise race to overwrite.
-            self.stopped = True
-            if self.last_epoch is not None and metrics.get("epoch") == self.last_epoch:
-                thread.join(timeout=FINISH_GRACE_S)
-            if thread.is_alive():
-                _abort(controller, thread)
-                raise
+                if metrics.get("epoch") == self.last_epoch:
+                    self.held_back = (metrics, checkpoint_path)
+                else:
+                    self._report(metrics, checkpoint_path)
         except BaseException:
+            # Tune stopped or paused the trial (SystemExit), or the trial is failing. A paused
+            # (PBT) trial is restored later in a new run, whose result.json this one must not
+            # overwrite: it ends here, without one.
             _abort(controller, thread)
             raise
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
+
+    def report_last_epoch(self) -> None:
+        """Hand Tune the report held back by `fit`: call once the trial's summary is written."""
+        if self.held_back is not None:
+            self._report(*self.held_back)
+            self.held_back = None
+
+    def _report(self, metrics: dict, checkpoint_path: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_path) if checkpoint_path else None
+        tune.report({**metrics, **self.extra}, checkpoint=checkpoint)
 
     def _reports(self):
         """This run's reports as they arrive, until it ends; a previous trial's are dropped."""
@@ -158,7 +161,7 @@ def active() -> TrialReporter | None:
 
 
 @contextmanager
-def reporting_to_tune(last_epoch: int | None = None, **extra: Any):
+def reporting_to_tune(last_epoch: int, **extra: Any):
     """Within this block, training runs report to the current Tune trial; `last_epoch` is the
     run's final epoch (0-based) and `extra` is added to every report."""
     global _active

@@ -101,10 +101,8 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
-    if reporter.stopped:
-        # Tune stopped the trial after its last epoch and the job has finished. End the way
-        # Tune's own report does: returning would report once more and wait for a reply.
-        raise SystemExit(0)
     if job.status == JobStatus.FAILED:
         raise job._return_value
+    # The job has written its result.json: Tune may now end this process.
+    reporter.report_last_epoch()
     return None
