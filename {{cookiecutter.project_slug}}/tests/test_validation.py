@@ -61,8 +61,12 @@ def test_shipped_configs_are_valid(group: str) -> None:
 def test_train_py_stops_before_ray_starts(tmp_path) -> None:
     proc = run_train("optimizer.lr=-1", f"hydra.run.dir={tmp_path}", ray_address="", timeout=120)
     assert proc.returncode != 0
-    assert "optimizer.lr must be a number above 0, got -1" in proc.stderr
-    assert "Ray" not in proc.stdout + proc.stderr.split("ConfigError")[0]
+    # The problems alone, without a traceback, and Ray never started.
+    assert "Invalid config (1 problem(s)):\n  - optimizer.lr must be a number above 0, got -1" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    assert "Ray" not in proc.stdout + proc.stderr
 
 
 def test_unknown_key_on_the_command_line_is_hydras_error(tmp_path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+from hydra.errors import CompactHydraException
 from pyarrow.fs import FileSystem, FileType
 from torch import nn
 
@@ -24,8 +25,11 @@ CHECKPOINT_FILE = "checkpoint.ckpt"
 RESULT_FILE = "result.json"
 
 
-class CheckpointError(RuntimeError):
-    """The checkpoint is missing, unreadable or lacks what prediction and serving need."""
+class CheckpointError(CompactHydraException, RuntimeError):
+    """The checkpoint is missing, unreadable or lacks what prediction and serving need.
+
+    Compact: `train.py` prints the message alone, without a traceback.
+    """
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
-class ConfigError(ValueError):
-    """The config cannot work; the message lists every problem found."""
+class ConfigError(CompactHydraException, ValueError):
+    """The config cannot work; the message lists every problem found.
+
+    Compact: `train.py` prints the message alone, without a traceback.
+    """
 
 
 @dataclass

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ray
+from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ LOCAL_CLUSTER_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 DASHBOARD_PORT, DASHBOARD_PORT_TRIES = 8265, 50
 
 
-class ResourceError(RuntimeError):
-    """The requested workers can never be placed on this cluster."""
+class ResourceError(CompactHydraException, RuntimeError):
+    """The requested workers can never be placed on this cluster (printed without a traceback)."""
 
 
 def connect(ray_cfg: Mapping[str, Any]) -> None:

@@ -32,14 +32,14 @@ from hydra.core.override_parser.types import (
     RangeSweep,
     ValueType,
 )
-from hydra.errors import HydraException
+from hydra.errors import CompactHydraException, HydraException
 from ray import tune
 
 SUPPORTED_TAGS = {"log", "int"}
 
 
-class SearchSpaceError(ValueError):
-    """An override the sweeper cannot turn into a search space."""
+class SearchSpaceError(CompactHydraException, ValueError):
+    """An override the sweeper cannot turn into a search space (printed without a traceback)."""
 
 
 @dataclass
