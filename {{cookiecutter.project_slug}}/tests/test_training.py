@@ -70,8 +70,9 @@ def test_a_worker_torn_down_mid_report_logs_no_traceback(ray_address: str) -> No
     ray_train_log = logging.getLogger(RAY_TRAIN_ERROR_LOGGER)
     catch = logging.Handler()
     catch.emit = records.append  # type: ignore[method-assign]
+    quiet = TornDownMidReport()
     ray_train_log.addHandler(catch)
-    ray_train_log.addFilter(TornDownMidReport())
+    ray_train_log.addFilter(quiet)
     try:
         for error in (torn_down.value, ValueError("a real error in the loop")):
             try:
@@ -80,7 +81,7 @@ def test_a_worker_torn_down_mid_report_logs_no_traceback(ray_address: str) -> No
                 construct_user_exception_with_traceback(caught)  # Ray Train logs it here
     finally:
         ray_train_log.removeHandler(catch)
-        ray_train_log.filters.clear()
+        ray_train_log.removeFilter(quiet)
     assert [record.getMessage().splitlines()[-1] for record in records] == [
         "ValueError: a real error in the loop"
     ]
