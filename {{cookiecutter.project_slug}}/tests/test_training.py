@@ -52,19 +52,32 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     assert [event.step for event in val_loss] and len(val_loss) == 2
 
 
-def test_a_worker_torn_down_mid_report_logs_no_traceback(ray_address: str) -> None:
+@ray.remote(num_cpus=0)
+class BarrierOwner:
+    """Stands in for a run's controller: it owns the barrier, which dies with it."""
+
+    def create(self, group):
+        strategy = PlacementGroupSchedulingStrategy(group)
+        return [SynchronizationActor.options(scheduling_strategy=strategy).remote()]
+
+
+@pytest.mark.parametrize("teardown", ["placement group removed", "owner killed"])
+def test_a_worker_torn_down_mid_report_logs_no_traceback(ray_address: str, teardown: str) -> None:
     # What a stopped run's worker meets: rank 0 waits at Ray Train's barrier for a rank that
-    # never comes, and the run's shutdown removes the barrier's placement group.
+    # never comes, and the run's shutdown kills the barrier's owner or removes its group.
     group = placement_group([{"CPU": 0.01}])
     ray.get(group.ready())
-    barrier = SynchronizationActor.options(
-        scheduling_strategy=PlacementGroupSchedulingStrategy(group)
-    ).remote()
+    owner = BarrierOwner.remote()
+    [barrier] = ray.get(owner.create.remote(group))
     waiting = barrier.broadcast_from_rank_zero.remote(0, 2, "checkpoint", "report")
     assert ray.wait([waiting], timeout=1)[1] == [waiting]  # waiting at the barrier
-    remove_placement_group(group)
-    with pytest.raises(ray.exceptions.RayActorError) as torn_down:
+    if teardown == "owner killed":
+        ray.kill(owner)
+    else:
+        remove_placement_group(group)
+    with pytest.raises(ray.exceptions.ActorDiedError) as torn_down:
         ray.get(waiting, timeout=60)
+    remove_placement_group(group)
 
     records: list[logging.LogRecord] = []
     ray_train_log = logging.getLogger(RAY_TRAIN_ERROR_LOGGER)

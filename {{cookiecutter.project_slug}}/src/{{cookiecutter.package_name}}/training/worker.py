@@ -125,20 +125,18 @@ class TornDownMidReport(logging.Filter):
     """Drops the traceback of a worker whose `ray.train.report` lost its run's barrier actor
     to the run's own shutdown.
 
-    Stopping a run (Tune stops a trial, Ctrl-C) kills its workers and its barrier actor and
-    removes their placement groups without waiting for the processes to exit: a worker waiting
-    at the barrier can fail there and log a traceback in the moment before it is killed itself.
-    The barrier actor loses its placement group only in such a teardown, so the message names
-    the cause. The error still reaches the run's controller, which reports it if the run was
-    not being stopped.
+    Stopping a run (Tune stops a trial, Ctrl-C) kills its controller, its workers and the
+    barrier actor the controller owns, and removes their placement groups, without waiting for
+    the processes to exit: a worker waiting at the barrier fails there ("placement group was
+    removed", "its owner has died") and logs a traceback in the moment before it is killed
+    itself. Outside a teardown the barrier dies only with its node or its controller, and the
+    run reports that failure itself (the controller sees its failed workers; the driver, its
+    dead controller).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (
-            "class_name: SynchronizationActor" in message
-            and "placement group was removed" in message
-        )
+        return not ("ActorDiedError" in message and "class_name: SynchronizationActor" in message)
 
 
 def _resume_path(stack: ExitStack, cfg: DictConfig) -> str | None:
