@@ -26,6 +26,7 @@ class Context:
     quick: bool
     log: Path
     shared: dict = field(default_factory=dict)  # results one benchmark hands to another
+    sweep_rows: tuple[int, ...] = ()  # more sweep workloads: synthetic epochs of this many rows
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for project and baseline commands."""

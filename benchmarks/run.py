@@ -36,20 +36,29 @@ def main() -> None:
     arguments.add_argument("--only", default=",".join(BENCHMARKS), help="comma list of benchmarks")
     arguments.add_argument("--repeats", type=int, default=3)
     arguments.add_argument("--sweep-repeats", type=int, default=1, help="sweeps are long")
+    arguments.add_argument(
+        "--sweep-rows",
+        default="",
+        help="comma list of row counts: the sweeps again on synthetic epochs of each (e.g. 262144)",
+    )
     arguments.add_argument("--quick", action="store_true", help="fewer epochs, trials, seconds")
     arguments.add_argument("--full-tests", action="store_true", help="also the slow project tests")
     args = arguments.parse_args()
 
     project = args.project.resolve()
     package = args.package or next(p.parent.name for p in project.glob("src/*/__init__.py"))
-    out = args.out.resolve()
-    work = out / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(only) - set(BENCHMARKS)
     if unknown:
         arguments.error(f"unknown benchmarks {sorted(unknown)}; choose from {list(BENCHMARKS)}")
+    try:
+        sweep_rows = tuple(int(rows) for rows in args.sweep_rows.split(",") if rows.strip())
+    except ValueError:
+        arguments.error(f"--sweep-rows takes whole numbers, not {args.sweep_rows!r}")
+    out = args.out.resolve()
+    work = out / "work"  # the previous run's scratch folder goes only once the arguments are good
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     ctx = Context(
         project=project,
         package=package,
@@ -58,6 +67,7 @@ def main() -> None:
         sweep_repeats=args.sweep_repeats,
         quick=args.quick,
         log=out / "bench.log",
+        sweep_rows=sweep_rows,
     )
     ctx.log.write_text("")
     results = {
@@ -68,6 +78,7 @@ def main() -> None:
             "repeats": args.repeats,
             "sweep_repeats": args.sweep_repeats,
             "quick": args.quick,
+            "sweep_rows": list(sweep_rows),
         },
         "benchmarks": {},
     }

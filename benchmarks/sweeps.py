@@ -61,6 +61,8 @@ def run(ctx: Context) -> dict:
     workloads = {"long_epochs": LONG_EPOCHS}
     if not ctx.quick:
         workloads["longer_epochs"] = LONGER_EPOCHS
+    for rows in ctx.sweep_rows:  # --sweep-rows
+        workloads[f"rows{rows}_epochs"] = ["data=synthetic", f"data.source.num_samples={rows}"]
     for key, data in workloads.items():
         result[key] = measure(ctx, data, key.removesuffix("epochs"))
         result[key]["data"] = " ".join(data)
