@@ -1,20 +1,13 @@
 """Real training under Ray Train on the shared CPU cluster: outputs, reproducibility, fail-fast."""
 
 import json
-import logging
 import textwrap
 from pathlib import Path
 
 import pytest
-import ray
-from ray.train.v2._internal.execution.checkpoint.sync_actor import SynchronizationActor
-from ray.train.v2._internal.util import construct_user_exception_with_traceback
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package_name }}.training import cluster, train
-from {{ cookiecutter.package_name }}.training.worker import RAY_TRAIN_ERROR_LOGGER, TornDownMidReport
 
 from .conftest import compose_config, failure, run_python, run_train
 
@@ -50,54 +43,6 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     val_loss = events.Scalars("val_loss")
     assert [event.step for event in val_loss] and len(val_loss) == 2
-
-
-@ray.remote(num_cpus=0)
-class BarrierOwner:
-    """Stands in for a run's controller: it owns the barrier, which dies with it."""
-
-    def create(self, group):
-        strategy = PlacementGroupSchedulingStrategy(group)
-        return [SynchronizationActor.options(scheduling_strategy=strategy).remote()]
-
-
-@pytest.mark.parametrize("teardown", ["placement group removed", "owner killed"])
-def test_a_worker_torn_down_mid_report_logs_no_traceback(ray_address: str, teardown: str) -> None:
-    # What a stopped run's worker meets: rank 0 waits at Ray Train's barrier for a rank that
-    # never comes, and the run's shutdown kills the barrier's owner or removes its group.
-    group = placement_group([{"CPU": 0.01}])
-    ray.get(group.ready())
-    owner = BarrierOwner.remote()
-    [barrier] = ray.get(owner.create.remote(group))
-    waiting = barrier.broadcast_from_rank_zero.remote(0, 2, "checkpoint", "report")
-    assert ray.wait([waiting], timeout=1)[1] == [waiting]  # waiting at the barrier
-    if teardown == "owner killed":
-        ray.kill(owner)
-    else:
-        remove_placement_group(group)
-    with pytest.raises(ray.exceptions.ActorDiedError) as torn_down:
-        ray.get(waiting, timeout=60)
-    remove_placement_group(group)
-
-    records: list[logging.LogRecord] = []
-    ray_train_log = logging.getLogger(RAY_TRAIN_ERROR_LOGGER)
-    catch = logging.Handler()
-    catch.emit = records.append  # type: ignore[method-assign]
-    quiet = TornDownMidReport()
-    ray_train_log.addHandler(catch)
-    ray_train_log.addFilter(quiet)
-    try:
-        for error in (torn_down.value, ValueError("a real error in the loop")):
-            try:
-                raise error
-            except BaseException as caught:
-                construct_user_exception_with_traceback(caught)  # Ray Train logs it here
-    finally:
-        ray_train_log.removeHandler(catch)
-        ray_train_log.removeFilter(quiet)
-    assert [record.getMessage().splitlines()[-1] for record in records] == [
-        "ValueError: a real error in the loop"
-    ]
 
 
 def test_a_print_in_a_worker_shows_once(ray_address: str) -> None:

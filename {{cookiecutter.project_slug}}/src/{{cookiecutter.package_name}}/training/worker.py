@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
+from .. import teardown
 from ..checkpoints import CHECKPOINT_FILE
 from ..data.loader import ShardBatches
 from ..models import Classifier
@@ -99,10 +100,8 @@ def _distribution(world_size: int) -> dict[str, Any]:
 
 def _quiet_false_alarms(world_size: int) -> None:
     """Silence messages that say nothing about the run: two warnings every run printed, and
-    the traceback of a worker caught mid-report by its run's shutdown."""
-    ray_train_errors = logging.getLogger(RAY_TRAIN_ERROR_LOGGER)
-    if not any(isinstance(f, TornDownMidReport) for f in ray_train_errors.filters):
-        ray_train_errors.addFilter(TornDownMidReport())
+    on the console, the errors of a worker caught mid-report by its run's teardown."""
+    teardown.quiet_console()
     # Lightning 2.6 still builds torch's LeafSpec, which recent torch deprecates, in every fit.
     warnings.filterwarnings(
         "ignore",
@@ -115,28 +114,6 @@ def _quiet_false_alarms(world_size: int) -> None:
         warnings.filterwarnings(
             "ignore", message=r"It is recommended to use `self.log\(", category=PossibleUserWarning
         )
-
-
-# Where Ray Train's worker logs the traceback of a train function that raised.
-RAY_TRAIN_ERROR_LOGGER = "ray.train.v2._internal.util"
-
-
-class TornDownMidReport(logging.Filter):
-    """Drops the traceback of a worker whose `ray.train.report` lost its run's barrier actor
-    to the run's own shutdown.
-
-    Stopping a run (Tune stops a trial, Ctrl-C) kills its controller, its workers and the
-    barrier actor the controller owns, and removes their placement groups, without waiting for
-    the processes to exit: a worker waiting at the barrier fails there ("placement group was
-    removed", "its owner has died") and logs a traceback in the moment before it is killed
-    itself. Outside a teardown the barrier dies only with its node or its controller, and the
-    run reports that failure itself (the controller sees its failed workers; the driver, its
-    dead controller).
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("ActorDiedError" in message and "class_name: SynchronizationActor" in message)
 
 
 def _resume_path(stack: ExitStack, cfg: DictConfig) -> str | None:

@@ -1,0 +1,53 @@
+"""Console messages of a run's own teardown, which say nothing about the run.
+
+Stopping a Ray Train run (Tune stops or pauses a trial, a sweep ends, Ctrl-C) ends its
+controller, workers and helper actors without waiting for each other: a process still running
+in that moment can meet an actor that is already gone and log the error before it is ended too.
+Ray Train's log files (`/tmp/ray/session_*/logs/train/`) keep those records; only the console,
+which Ray forwards to the driver's terminal, is spared them.
+"""
+
+import logging
+
+import ray
+
+# Ray Train's processes log under this logger, to its log files and to the console.
+RAY_TRAIN_LOGGER = "ray.train"
+
+
+class TeardownNoise(logging.Filter):
+    """Drops a record whose text names an actor that died in its run's teardown.
+
+    - Ray Train's barrier, `SynchronizationActor`, which a worker waits at in `ray.train.report`.
+      It dies with the run's controller or placement group, which only a teardown or a lost node
+      removes; after a lost node, the controller reports the failed workers itself.
+    - Any actor that died because its owner, this very process, exited: a controller whose trial
+      has ended loses its workers with it, and its control loop, still running for a moment,
+      logs their death as a failure of the run.
+    """
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__()
+        self.own_exit = f"its owner has died. Owner Id: {worker_id}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f"\n{record.exc_info[1]}"
+        barrier_died = "ActorDiedError" in text and "class_name: SynchronizationActor" in text
+        return not (barrier_died or self.own_exit in text)
+
+
+def quiet_console() -> None:
+    """Add `TeardownNoise` to the console handlers of Ray Train's logger in this process.
+
+    Call it in a Ray Train worker or controller once Ray Train has set up its logging there;
+    calling it again changes nothing.
+    """
+    worker_id = ray.get_runtime_context().get_worker_id()
+    for handler in logging.getLogger(RAY_TRAIN_LOGGER).handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        )
+        if console and not any(isinstance(f, TeardownNoise) for f in handler.filters):
+            handler.addFilter(TeardownNoise(worker_id))
