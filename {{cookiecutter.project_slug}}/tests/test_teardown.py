@@ -4,17 +4,25 @@ Real Ray: the actors die the way they do when a run is stopped, and the filter i
 errors Ray raises for them.
 """
 
+import json
 import logging
 import time
+from pathlib import Path
 
 import pytest
 import ray
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.execution.checkpoint.sync_actor import SynchronizationActor
 from ray.train.v2._internal.util import construct_user_exception_with_traceback
+from ray.train.v2.api.callback import UserCallback
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from {{ cookiecutter.package_name }}.teardown import RAY_TRAIN_LOGGER, TeardownNoise, quiet_console
+from {{ cookiecutter.package_name }}.training.run import run_config
+
+from .conftest import compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +142,28 @@ def test_a_controller_ended_with_its_trial_does_not_report_its_workers_death(
     # Elsewhere, the same error is about a process that is not the one logging: it shows.
     in_another_process = TeardownNoise(ray.get_runtime_context().get_worker_id())
     assert in_another_process.filter(policy) and in_another_process.filter(backend)
+
+
+def test_every_run_quiets_its_controllers_console_and_not_its_log_files(
+    ray_address: str, tmp_path: Path
+) -> None:
+    seen = tmp_path / "controller_handlers.json"
+
+    class Inspect(UserCallback):  # runs in the controller, after the project's own callbacks
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            handlers = logging.getLogger(RAY_TRAIN_LOGGER).handlers
+            filters = [[type(h).__name__, [type(f).__name__ for f in h.filters]] for h in handlers]
+            seen.write_text(json.dumps(filters))
+
+    def loop(config: dict) -> None:
+        ray.train.report({"epoch": 0})
+
+    cfg = compose_config(output_dir=tmp_path)
+    TorchTrainer(
+        loop, scaling_config=ScalingConfig(num_workers=1), run_config=run_config(cfg, [Inspect()])
+    ).fit()
+    handlers = json.loads(seen.read_text())
+    console = [filters for kind, filters in handlers if kind == "PlainRayHandler"]
+    files = [filters for kind, filters in handlers if kind == "SessionFileHandler"]
+    assert console and all("TeardownNoise" in filters for filters in console)
+    assert files and not any("TeardownNoise" in filters for filters in files)

@@ -8,8 +8,10 @@ which Ray forwards to the driver's terminal, is spared them.
 """
 
 import logging
+from typing import Any
 
 import ray
+from ray.train.v2.api.callback import UserCallback
 
 # Ray Train's processes log under this logger, to its log files and to the console.
 RAY_TRAIN_LOGGER = "ray.train"
@@ -51,3 +53,11 @@ def quiet_console() -> None:
         )
         if console and not any(isinstance(f, TeardownNoise) for f in handler.filters):
             handler.addFilter(TeardownNoise(worker_id))
+
+
+class QuietConsole(UserCallback):
+    """Runs `quiet_console` in the run's controller, where Ray Train calls its callbacks, from
+    the first report on (a sweep stops trials only after a report)."""
+
+    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+        quiet_console()

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from .. import teardown
 from ..checkpoints import RESULT_FILE
 from ..config import validate
 from ..data import prepare_reusing
@@ -47,7 +48,7 @@ def run_config(cfg: DictConfig, callbacks: list | None = None) -> RunConfig:
             checkpoint_score_order=cfg.checkpoint.mode,
         ),
         failure_config=FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
-        callbacks=callbacks,
+        callbacks=[teardown.QuietConsole(), *(callbacks or [])],
     )
 
 

@@ -31,8 +31,6 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
-from .. import teardown
-
 log = logging.getLogger(__name__)
 
 # How long an aborted run gets to stop its workers (Ray Train gives them 5 s) and free their
@@ -63,8 +61,6 @@ class _ForwardReports(UserCallback):
         self.run_id = run_id
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
-        # Tune may end the trial, and with it this controller, at any report from now on.
-        teardown.quiet_console()
         # The controller's own handle goes along: a stopped trial aborts the run with it.
         controller = ray.get_runtime_context().current_actor
         report = (metrics[0], checkpoint.path if checkpoint else None, controller)
