@@ -29,6 +29,13 @@ def test_comma_list_is_every_value() -> None:
     assert space.has_grid
 
 
+def test_trials_are_num_samples_of_every_grid_combination() -> None:
+    # What a sweep stopped between trials compares with, to say how many never started.
+    assert build(["optimizer.lr=interval(0.001,0.1)"]).num_trials(3) == 3
+    space = build(["model=mlp,cnn", "data.batch_size=32,64,128", "optimizer.lr=choice(0.1,0.01)"])
+    assert space.num_trials(2) == 2 * 2 * 3
+
+
 def test_grids_run_in_a_seeded_shuffled_order_when_asked() -> None:
     rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
     listed = ",".join(map(str, rates))

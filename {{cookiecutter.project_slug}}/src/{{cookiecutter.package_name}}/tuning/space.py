@@ -19,6 +19,7 @@ Sampled values are numbers, booleans, null or override-ready strings, so a trial
 `key=<value>` and the best ones can be pasted back on the command line.
 """
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,11 @@ class SearchSpace:
     @property
     def has_grid(self) -> bool:
         return any(_is_grid(domain) for domain in self.domains.values())
+
+    def num_trials(self, num_samples: int) -> int:
+        """How many trials Tune makes of this space: `num_samples` of every grid combination."""
+        grids = [domain["grid_search"] for domain in self.domains.values() if _is_grid(domain)]
+        return num_samples * math.prod(len(values) for values in grids)
 
     def trial_overrides(self, sampled: Mapping[str, Any]) -> list[str]:
         """The overrides of one trial: the fixed ones, then `key=value` for each sampled key."""

@@ -152,11 +152,15 @@ def run_sweep(
         sweep_dir, config.hydra.job.name, rows, histories, search.metric, search.mode
     )
     unfinished = [row for row in rows if row.status in ("interrupted", "not run")]
+    # Trials Tune never created: the sweep was stopped (Ctrl-C) between two trials.
+    not_created = 0
+    if not monitor.stop_all():
+        not_created = max(0, space.num_trials(int(search.num_samples)) - len(rows))
     resume_hint = ""
-    if unfinished:
+    if unfinished or not_created:
         resume_hint = (
-            f"{len(unfinished)} trials did not finish. Continue the sweep with the same command "
-            f"plus: search.resume=true hydra.sweep.dir={sweep_dir}"
+            f"{len(unfinished) + not_created} trials did not finish. Continue the sweep with the "
+            f"same command plus: search.resume=true hydra.sweep.dir={sweep_dir}"
         )
     summary = results.format_summary(rows, best, sweep_dir, resume_hint)
     log.info("\n%s", summary)
