@@ -54,15 +54,8 @@ class Capture(logging.Handler):
         self.records.append(record)
 
 
-class Console(logging.StreamHandler):
+class Console(Capture, logging.StreamHandler):
     """Ray Train's console handler (`PlainRayHandler` is a StreamHandler), captured."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 def last_lines(records: list[logging.LogRecord]) -> list[str]:
