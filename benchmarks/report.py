@@ -101,9 +101,9 @@ def markdown(results: dict) -> str:
     if "runs" in sweeps:
         lines += _sweep_rows(sweeps, "3.")
         labels = {"long_epochs": "3b. with long", "longer_epochs": "3c. with longer"}
-        extra = [key for key in sweeps if key.startswith("rows") and key.endswith("_epochs")]
-        for key, letter in zip(extra, "defghijk", strict=False):  # --sweep-rows
-            labels[key] = f"3{letter}. with {int(key[4:-7]):,}-row"
+        extra = {key: v["rows"] for key, v in sweeps.items() if isinstance(v, dict) and "rows" in v}
+        for (key, rows), letter in zip(extra.items(), "defghijk", strict=False):  # --sweep-rows
+            labels[key] = f"3{letter}. with {rows:,}-row"
         for key, label in labels.items():
             if "runs" in sweeps.get(key, {}):
                 lines += _sweep_rows(sweeps[key], f"{label} epochs (`{sweeps[key]['data']}`):")

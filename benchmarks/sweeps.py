@@ -66,6 +66,8 @@ def run(ctx: Context) -> dict:
     for key, data in workloads.items():
         result[key] = measure(ctx, data, key.removesuffix("epochs"))
         result[key]["data"] = " ".join(data)
+    for rows in ctx.sweep_rows:
+        result[f"rows{rows}_epochs"]["rows"] = rows  # the report labels these rows 3d, 3e, ...
     return result
 
 
