@@ -7,6 +7,11 @@ and the worker group are up and when the first epoch's result is reported.
 
 The same run joining a cluster that is already up (`ray start --head` and `ray.address=auto`,
 the project README's way to many short runs) shows what Ray's own start and shutdown cost.
+
+Ray Train's floor, a TorchTrainer run of a function that only reports (`baselines/
+ray_train_floor.py`, on a cluster the project's way), shows what any run under Ray Train costs
+here, before the project does anything; with the worker importing Lightning, what a Lightning
+run under Ray Train cannot go below.
 """
 
 import os
@@ -25,6 +30,11 @@ PROJECT_PHASES = {
     "worker_group_start": r"Started training worker group",
     "first_epoch": r"Reporting training result 1\b",
     "result_written": r"Summary written to",
+}
+FLOOR_PHASES = {
+    "imports": r"^BENCH imports_done",
+    "ray_start": r"^BENCH ray_started",
+    "fit": r"^BENCH fit_done",
 }
 BASELINE_PHASES = {
     "imports": r"^BENCH imports_done",
@@ -77,7 +87,14 @@ def running_cluster(ctx: Context) -> Iterator[str]:
 def run(ctx: Context) -> dict:
     overrides = ["trainer.max_epochs=1"]
     variants = {"project": None, "project_ray_default_poll": RAY_DEFAULT_POLL}
-    names = [*variants, "project_running_cluster", "plain_lightning"]
+    floors = {"ray_train_floor": [], "ray_train_floor_lightning": ["--import-lightning"]}
+    names = [
+        *variants,
+        "project_running_cluster",
+        *floors,
+        "ray_train_floor_lightning_running_cluster",
+        "plain_lightning",
+    ]
     walls: dict[str, list[float]] = {name: [] for name in names}
     phases: dict[str, list[dict[str, float]]] = {name: [] for name in walls}
 
@@ -92,15 +109,34 @@ def run(ctx: Context) -> dict:
         walls[name].append(timed.wall_s)
         phases[name].append(breakdown(timed.marks, PROJECT_PHASES, timed.wall_s))
 
+    def floor_run(name: str, repeat: int, args: list[str], env: dict[str, str]) -> None:
+        folder = ctx.work / "overhead" / f"{name}_{repeat}"
+        timed = run_timed(
+            ctx.baseline("ray_train_floor", "--logdir", str(folder), *args),
+            ctx,
+            markers=FLOOR_PHASES,
+            env=env,
+        )
+        walls[name].append(timed.wall_s)
+        phases[name].append(breakdown(timed.marks, FLOOR_PHASES, timed.wall_s))
+
     with running_cluster(ctx) as address:
         # The cluster turned on Ray's token authentication (~/.ray/auth_token); a process that
         # joins by address must be told to use it (`ray start` + RAY_ADDRESS=auto need not).
         env = ctx.env(RAY_ADDRESS=address, RAY_AUTH_MODE="token")
         for repeat in range(ctx.repeats):
             project_run("project_running_cluster", repeat, env)
+            floor_run(
+                "ray_train_floor_lightning_running_cluster",
+                repeat,
+                floors["ray_train_floor_lightning"],
+                env,
+            )
     for repeat in range(ctx.repeats):
         for name, extra_env in variants.items():
             project_run(name, repeat, ctx.env(**(extra_env or {})))
+        for name, args in floors.items():
+            floor_run(name, repeat, args, ctx.env())
         folder = ctx.work / "overhead" / f"plain_lightning_{repeat}"
         timed = run_timed(
             ctx.baseline("plain_lightning", "--logdir", str(folder), *overrides),

@@ -97,6 +97,16 @@ def markdown(results: dict) -> str:
                 f"{_n(m['project_running_cluster'])} | plain Lightning | "
                 f"{_n(r['project_running_cluster'], 2, 'x')} | | |"
             )
+        floors = {
+            "ray_train_floor": "Ray Train's floor: a TorchTrainer run that only reports",
+            "ray_train_floor_lightning": "the floor, its worker importing Lightning",
+            "ray_train_floor_lightning_running_cluster": "the same, joining a running cluster",
+        }
+        for key, label in floors.items():
+            if key in m:
+                lines.append(
+                    f"| | {label} {_n(m[key])} | plain Lightning | {_n(r[key], 2, 'x')} | | |"
+                )
     sweeps = bench.get("sweeps", {})
     if "runs" in sweeps:
         lines += _sweep_rows(sweeps, "3.")
