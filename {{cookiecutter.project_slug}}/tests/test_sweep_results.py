@@ -74,6 +74,8 @@ def test_summary_names_best_failures_and_resume(tmp_path: Path) -> None:
     assert "python train.py optimizer.lr=0.02 +x=d" in text
     assert "trial 3 failed: ValueError: boom" in text
     assert text.endswith("resume with search.resume=true")
+    assert text.startswith("Sweep stopped: 4 trials")
+    assert format_summary(rows, rows[2], tmp_path).startswith("Sweep finished: 4 trials")
 
 
 def test_trial_numbers_survive_tunes_copies_and_resume(tmp_path: Path) -> None:

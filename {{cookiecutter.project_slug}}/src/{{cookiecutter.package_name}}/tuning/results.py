@@ -180,11 +180,11 @@ def plot(path: Path, rows: list[TrialSummary], histories: dict[int, pd.DataFrame
 def format_summary(
     rows: list[TrialSummary], best: TrialSummary | None, sweep_dir: Path, resume_hint: str = ""
 ) -> str:
-    """The few lines printed when a sweep ends."""
+    """The few lines printed when a sweep ends; `resume_hint`, if any, says it was cut short."""
     statuses = [row.status for row in rows]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in STATUSES if s in statuses)
     lines = [
-        f"Sweep finished: {len(rows)} trials ({counts})",
+        f"Sweep {'stopped' if resume_hint else 'finished'}: {len(rows)} trials ({counts})",
         f"Results in {sweep_dir}: {RESULTS_FILE}, {TRIALS_FILE}, {PLOT_FILE}",
     ]
     for row in rows:
