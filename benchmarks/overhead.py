@@ -98,53 +98,37 @@ def run(ctx: Context) -> dict:
     walls: dict[str, list[float]] = {name: [] for name in names}
     phases: dict[str, list[dict[str, float]]] = {name: [] for name in walls}
 
-    def project_run(name: str, repeat: int, env: dict[str, str]) -> None:
+    def timed(name: str, repeat: int, kind: str, env: dict[str, str], *args: str) -> None:
+        """One run of `kind` (the project, or a baseline script), its wall time and phases."""
         folder = ctx.work / "overhead" / f"{name}_{repeat}"
-        timed = run_timed(
-            ctx.train_py(*overrides, f"hydra.run.dir={folder}"),
-            ctx,
-            markers=PROJECT_PHASES,
-            env=env,
-        )
-        walls[name].append(timed.wall_s)
-        phases[name].append(breakdown(timed.marks, PROJECT_PHASES, timed.wall_s))
-
-    def floor_run(name: str, repeat: int, args: list[str], env: dict[str, str]) -> None:
-        folder = ctx.work / "overhead" / f"{name}_{repeat}"
-        timed = run_timed(
-            ctx.baseline("ray_train_floor", "--logdir", str(folder), *args),
-            ctx,
-            markers=FLOOR_PHASES,
-            env=env,
-        )
-        walls[name].append(timed.wall_s)
-        phases[name].append(breakdown(timed.marks, FLOOR_PHASES, timed.wall_s))
+        if kind == "project":
+            cmd, markers = ctx.train_py(*overrides, f"hydra.run.dir={folder}"), PROJECT_PHASES
+        else:
+            cmd = ctx.baseline(kind, "--logdir", str(folder), *args)
+            markers = FLOOR_PHASES if kind == "ray_train_floor" else BASELINE_PHASES
+        result = run_timed(cmd, ctx, markers=markers, env=env)
+        walls[name].append(result.wall_s)
+        phases[name].append(breakdown(result.marks, markers, result.wall_s))
 
     with running_cluster(ctx) as address:
         # The cluster turned on Ray's token authentication (~/.ray/auth_token); a process that
         # joins by address must be told to use it (`ray start` + RAY_ADDRESS=auto need not).
         env = ctx.env(RAY_ADDRESS=address, RAY_AUTH_MODE="token")
         for repeat in range(ctx.repeats):
-            project_run("project_running_cluster", repeat, env)
-            floor_run(
+            timed("project_running_cluster", repeat, "project", env)
+            timed(
                 "ray_train_floor_lightning_running_cluster",
                 repeat,
-                floors["ray_train_floor_lightning"],
+                "ray_train_floor",
                 env,
+                *floors["ray_train_floor_lightning"],
             )
     for repeat in range(ctx.repeats):
         for name, extra_env in variants.items():
-            project_run(name, repeat, ctx.env(**(extra_env or {})))
+            timed(name, repeat, "project", ctx.env(**(extra_env or {})))
         for name, args in floors.items():
-            floor_run(name, repeat, args, ctx.env())
-        folder = ctx.work / "overhead" / f"plain_lightning_{repeat}"
-        timed = run_timed(
-            ctx.baseline("plain_lightning", "--logdir", str(folder), *overrides),
-            ctx,
-            markers=BASELINE_PHASES,
-        )
-        walls["plain_lightning"].append(timed.wall_s)
-        phases["plain_lightning"].append(breakdown(timed.marks, BASELINE_PHASES, timed.wall_s))
+            timed(name, repeat, "ray_train_floor", ctx.env(), *args)
+        timed("plain_lightning", repeat, "plain_lightning", ctx.env(), *overrides)
     medians = {name: median(values) for name, values in walls.items()}
     median_phases = {
         name: {key: median([run.get(key) for run in runs]) for key in runs[0]}
