@@ -12,6 +12,7 @@ import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.data import DigitsSource, load_transform, prepare
 from {{ cookiecutter.package_name }}.data.loader import ShardBatches
 from {{ cookiecutter.package_name }}.training.worker import build_model
@@ -148,5 +149,5 @@ def test_prediction_refuses_a_folder_that_already_holds_predictions(
     cfg = compose_config(
         "predict=batch", f"predict.checkpoint={parquet_run}", f"predict.output={tmp_path}"
     )
-    with pytest.raises(FileExistsError, match="already holds files"):
+    with pytest.raises(ConfigError, match="already holds files"):
         predict(cfg)

@@ -194,6 +194,12 @@ def test_interrupted_sweep_resumes_and_keeps_finished_trials(
     assert [row["status"] for row in rows] == ["completed"] * 3
     assert first_done.stat().st_mtime == finished_at  # the finished trial was not run again
 
+    again = run_train(*args, ray_address=ray_address, timeout=120)  # the same folder, no resume
+    assert again.returncode != 0
+    assert "already holds a sweep. Resume it with search.resume=true" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert "Connecting to the Ray cluster" not in again.stdout + again.stderr  # refused first
+
 
 def test_optuna_sweep_runs_and_samples_in_range(ray_address: str, tmp_path: Path) -> None:
     proc = run_train(

@@ -5,6 +5,7 @@ import re
 import pytest
 import torch
 
+from {{ cookiecutter.package_name }}.checkpoints import CheckpointError
 from {{ cookiecutter.package_name }}.config import ConfigError, validate
 
 from .conftest import compose_config, run_train
@@ -69,6 +70,28 @@ def test_train_py_stops_before_ray_starts(tmp_path) -> None:
     assert "Ray" not in proc.stdout + proc.stderr
 
 
+# What the command line names but is not there: each stops train.py before Ray starts.
+NOT_THERE = [
+    (["data=csv", "data.source.path=no/such.csv"], "no/such.csv does not exist"),
+    (["resume_from=no/such.ckpt"], "resume_from=no/such.ckpt: no such checkpoint file"),
+    (["predict=batch"], "predict.checkpoint is mandatory"),
+    (["predict=batch", "predict.checkpoint=no/such/run"], "no/such/run does not exist"),
+    (["-m", "search=asha", "search.resume=true"], "there is no Ray Tune sweep to resume in"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", NOT_THERE, ids=lambda v: str(v)[:40])
+def test_missing_file_or_folder_stops_train_py_in_one_message(
+    overrides: list[str], message: str, tmp_path
+) -> None:
+    folders = [f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}"]
+    proc = run_train(*overrides, *folders, ray_address="", timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Starting a local Ray cluster" not in proc.stdout + proc.stderr
+
+
 def test_unknown_key_on_the_command_line_is_hydras_error(tmp_path) -> None:
     proc = run_train("model.hiden_dim=64", f"hydra.run.dir={tmp_path}", ray_address="", timeout=60)
     assert proc.returncode != 0
@@ -78,15 +101,15 @@ def test_unknown_key_on_the_command_line_is_hydras_error(tmp_path) -> None:
 def test_missing_corrupt_or_finished_resume_checkpoint_is_named(tmp_path) -> None:
     from {{ cookiecutter.package_name }}.training.run import build_trainer, trained_epochs
 
-    with pytest.raises(FileNotFoundError, match="resume_from=.*nope.ckpt: no such checkpoint"):
+    with pytest.raises(CheckpointError, match="resume_from=.*nope.ckpt: no such checkpoint"):
         trained_epochs(str(tmp_path / "nope.ckpt"))
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="corrupt.ckpt is not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="corrupt.ckpt is not a readable checkpoint"):
         trained_epochs(str(corrupt))
     finished = tmp_path / "finished.ckpt"
     torch.save({"epoch": 2, "state_dict": {}}, finished)  # the end of its third epoch
     assert trained_epochs(str(finished)) == 3
     cfg = compose_config("trainer.max_epochs=3", f"resume_from={finished}")
-    with pytest.raises(ValueError, match="has trained 3 epochs and trainer.max_epochs=3"):
+    with pytest.raises(ConfigError, match="has trained 3 epochs and trainer.max_epochs=3"):
         build_trainer(cfg)

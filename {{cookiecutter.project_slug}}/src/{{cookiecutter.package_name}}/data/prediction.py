@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..checkpoints import load, resolve
+from ..config import ConfigError, validate
 from ..training import cluster
 from .pipeline import build_source
 from .sources import is_uri, resolve_path
@@ -45,17 +46,20 @@ class Scorer:
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Score `cfg.data.source` with `cfg.predict.checkpoint`; write parquet to predict.output."""
+    validate(cfg)
     settings = cfg.predict
     checkpoint_file = resolve(settings.checkpoint)
     transform = load(checkpoint_file).transform  # fails here, not in every actor, if unusable
     output = resolve_path(settings.output)
     if not is_uri(output) and os.path.isdir(output) and os.listdir(output):
-        raise FileExistsError(
+        raise ConfigError(
             f"predict.output: {output} already holds files; choose another folder or remove it"
         )
+    source = build_source(cfg.data)
+    source.check()  # before Ray starts
 
     cluster.connect(cfg.ray)
-    table = build_source(cfg.data).read()
+    table = source.read()
     missing = [c for c in transform.feature_columns if c not in table.schema().names]
     if missing:
         raise KeyError(

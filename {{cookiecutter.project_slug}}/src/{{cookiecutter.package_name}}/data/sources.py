@@ -12,9 +12,14 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import ray.data
+from hydra.errors import CompactHydraException
 
 # Rows per block for data generated in memory: several blocks let Ray Data work in parallel.
 _ROWS_PER_BLOCK = 4096
+
+
+class MissingDataError(CompactHydraException, FileNotFoundError):
+    """A local data path does not exist (printed without a traceback)."""
 
 
 class TableSource:
@@ -37,6 +42,9 @@ class TableSource:
         self.label_column = label_column
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.num_classes = num_classes
+
+    def check(self) -> None:
+        """Fail now, before anything starts, if reading cannot work (nothing to check here)."""
 
     def read(self) -> ray.data.Dataset:
         """All rows, lazily: nothing is read until the dataset is consumed."""
@@ -126,13 +134,17 @@ class FileSource(TableSource):
             raise ValueError("data.source.path is empty: give a file, a folder or a URI")
         self.paths = [resolve_path(p) for p in paths]
 
-    def read(self) -> ray.data.Dataset:
+    def check(self) -> None:
+        """Local paths must exist here (cloud URIs are only checked when read)."""
         for path in self.paths:
             if not is_uri(path) and not os.path.exists(path):
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"data.source.path: {path} does not exist (relative paths are relative to "
                     f"the folder train.py runs in: {os.getcwd()})"
                 )
+
+    def read(self) -> ray.data.Dataset:
+        self.check()
         return self._reader(self.paths)
 
     def _reader(self, paths: list[str]) -> ray.data.Dataset:

@@ -5,15 +5,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from .. import teardown
-from ..checkpoints import RESULT_FILE
-from ..config import validate
-from ..data import prepare_reusing
+from ..checkpoints import RESULT_FILE, CheckpointError
+from ..config import ConfigError, validate
+from ..data import build_source, prepare_reusing
 from ..tuning import reporting
 from . import cluster
 
@@ -56,11 +57,11 @@ def trained_epochs(path: str) -> int:
     """How many epochs the Lightning checkpoint file `path` has trained; fails now, in plain
     words, if it is missing or unreadable."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"resume_from={path}: no such checkpoint file")
+        raise CheckpointError(f"resume_from={path}: no such checkpoint file")
     try:  # mapped, not read: only the epoch counter is needed, and checkpoints can be large
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many types for a damaged file
-        raise ValueError(
+        raise CheckpointError(
             f"resume_from={path} is not a readable checkpoint ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
         ) from error
@@ -73,11 +74,15 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     if cfg.get("resume_from"):
         done = trained_epochs(cfg.resume_from)
         if done >= cfg.trainer.max_epochs:
-            raise ValueError(
+            raise ConfigError(
                 f"resume_from={cfg.resume_from} has trained {done} epochs and "
                 f"trainer.max_epochs={cfg.trainer.max_epochs}: nothing is left to train. Raise "
                 "trainer.max_epochs to train on."
             )
+    if not ray.is_initialized():
+        # This process starts Ray (or joins it) now: a missing data file fails first, in
+        # seconds. Inside a sweep's trial the driver has read the data, maybe on another node.
+        build_source(cfg.data).check()
     cluster.connect(cfg.ray)
     cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.

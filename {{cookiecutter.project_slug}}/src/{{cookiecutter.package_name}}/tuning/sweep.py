@@ -15,8 +15,8 @@ from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Domain
 
-from ..config import validate
-from ..data import prepare
+from ..config import ConfigError, validate
+from ..data import build_source, prepare
 from ..training import cluster
 from . import results
 from .space import SearchSpace, SearchSpaceError, build
@@ -83,6 +83,7 @@ def run_sweep(
     sweep_dir = Path(config.hydra.sweep.dir).resolve()
     with open_dict(config):
         config.hydra.sweep.dir = str(sweep_dir)  # the same folder for every trial, wherever it runs
+    check_sweep_folder(sweep_dir, bool(search.resume))
 
     params = search.get("params")
     params = OmegaConf.to_container(params, resolve=True) if params else {}
@@ -97,6 +98,7 @@ def run_sweep(
             "search=random or search=asha to run every value."
         )
     scheduler = make_scheduler(search.get("scheduler"), space)
+    build_source(config.data).check()
 
     cluster.connect(config.ray)
     autoscaling = bool(config.ray.autoscaling)
@@ -188,23 +190,29 @@ def make_scheduler(scheduler_cfg: DictConfig | None, space: SearchSpace) -> Any:
     return instantiate(scheduler_cfg, **extra, _convert_="all")
 
 
+def check_sweep_folder(sweep_dir: Path, resume: bool) -> None:
+    """Refuse, before Ray starts, to resume a sweep that is not there or to overwrite one."""
+    experiment = sweep_dir / EXPERIMENT_NAME
+    exists = tune.Tuner.can_restore(str(experiment))
+    if resume and not exists:
+        raise ConfigError(
+            f"search.resume=true but there is no Ray Tune sweep to resume in {experiment}. "
+            "Pass the interrupted sweep's folder: hydra.sweep.dir=<sweep dir>."
+        )
+    if exists and not resume:
+        raise ConfigError(
+            f"{experiment} already holds a sweep. Resume it with search.resume=true, or choose "
+            "a new hydra.sweep.dir."
+        )
+
+
 def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, monitor, sweep_dir):
     """A new Tuner, or the interrupted one in `sweep_dir` when `search.resume` is set."""
-    experiment = sweep_dir / EXPERIMENT_NAME
     if search.resume:
-        if not tune.Tuner.can_restore(str(experiment)):
-            raise FileNotFoundError(
-                f"search.resume=true but there is no Ray Tune sweep to resume in {experiment}. "
-                "Pass the interrupted sweep's folder: hydra.sweep.dir=<sweep dir>."
-            )
+        experiment = sweep_dir / EXPERIMENT_NAME
         log.info("Resuming the sweep in %s; finished trials are kept", experiment)
         return tune.Tuner.restore(
             str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-    if tune.Tuner.can_restore(str(experiment)):
-        raise FileExistsError(
-            f"{experiment} already holds a sweep. Resume it with search.resume=true, or choose "
-            "a new hydra.sweep.dir."
         )
     return tune.Tuner(
         trainable,
