@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from {{ cookiecutter.package_name }}.models import METRICS
 from {{ cookiecutter.package_name }}.training import cluster, train
 
 from .conftest import compose_config, failure, run_python, run_train
@@ -31,6 +32,7 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     assert "sync_dist=True" not in proc.stderr and "LeafSpec" not in proc.stderr
 
     result = json.loads((run_dir / "result.json").read_text())
+    assert sorted(result["metrics"]) == sorted(METRICS)  # what the metric settings may name
     assert result["metrics"]["epoch"] == 1
     assert 0.0 < result["metrics"]["val_acc"] <= 1.0
     assert result["storage_path"] == str(run_dir / "ray_train")
@@ -97,6 +99,19 @@ def test_train_py_gpu_preset_exits_with_message(ray_address: str, tmp_path: Path
     )
     assert proc.returncode != 0
     assert "scaling=4gpu asks for 4 GPUs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_py_refuses_a_model_that_cannot_take_the_data(
+    ray_address: str, tmp_path: Path
+) -> None:
+    # The synthetic data are flat vectors; the CNN needs images. Refused by the driver, once.
+    proc = run_train(
+        "model=cnn", "data=synthetic", f"hydra.run.dir={tmp_path}", ray_address=ray_address
+    )
+    assert proc.returncode != 0
+    assert "model=cnn needs image inputs shaped (channels, height, width)" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr  # no worker's either: none started
+    assert "RayTrainWorker" not in proc.stdout + proc.stderr
 
 
 def test_too_many_cpu_workers_fail_fast(ray_address: str) -> None:

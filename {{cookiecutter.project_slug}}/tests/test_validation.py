@@ -27,6 +27,8 @@ BAD = [
     (["model.dropout=lots"], "model.dropout must be a number in [0, 1), got 'lots'"),
     (["model.hidden_dim=???"], "model.hidden_dim is mandatory (???)"),
     (["search=asha", "search.shuffle_grid=maybe"], "search.shuffle_grid must be true or false"),
+    (["checkpoint.metric=val_accuracy"], "checkpoint.metric must be a metric every epoch reports"),
+    (["search=asha", "search.metric=val_accc"], "search.metric must be a metric every epoch"),
 ]
 
 
@@ -90,6 +92,21 @@ def test_missing_file_or_folder_stops_train_py_in_one_message(
     assert message in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "Starting a local Ray cluster" not in proc.stdout + proc.stderr
+
+
+def test_a_model_that_cannot_take_the_data_is_refused_before_any_worker_starts() -> None:
+    from hydra.errors import InstantiationException
+
+    from {{ cookiecutter.package_name }}.training.run import check_model
+
+    cnn = compose_config("model=cnn").model
+    check_model(cnn, (1, 8, 8), 10)  # the digits
+    check_model(compose_config("model=mlp").model, (32,), 10)
+    with pytest.raises(InstantiationException, match="model=cnn needs image inputs"):
+        check_model(cnn, (32,), 10)
+    cnn.num_blocks = 5  # four 2x2 poolings shrink 8x8 to nothing
+    with pytest.raises(ConfigError, match=r"cannot take this data's inputs, shaped \(1, 8, 8\)"):
+        check_model(cnn, (1, 8, 8), 10)
 
 
 def test_unknown_key_on_the_command_line_is_hydras_error(tmp_path) -> None:

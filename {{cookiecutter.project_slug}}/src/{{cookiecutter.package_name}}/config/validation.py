@@ -20,6 +20,8 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..models import METRICS
+
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -60,6 +62,8 @@ SCHEMAS = {
     "fault_tolerance": FaultToleranceSchema,
 }
 
+_REPORTED = f"a metric every epoch reports ({', '.join(METRICS)}; models.METRICS lists them)"
+
 # (config key, test, what it must be). Keys that are absent are not checked.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("scaling.num_workers", lambda v: v >= 1, "at least 1"),
@@ -72,6 +76,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("checkpoint.every_n_epochs", lambda v: v >= 1, "at least 1"),
     ("checkpoint.num_to_keep", lambda v: v is None or v >= 1, "null or at least 1"),
     ("checkpoint.mode", lambda v: v in {"min", "max"}, "min or max"),
+    ("checkpoint.metric", lambda v: v in METRICS, _REPORTED),
     ("fault_tolerance.max_failures", lambda v: v >= -1, "-1 (retry forever) or more"),
     ("trainer.max_epochs", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
     ("optimizer.lr", lambda v: _number(v) and v > 0, "a number above 0"),
@@ -82,6 +87,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.num_layers", lambda v: isinstance(v, int) and v >= 0, "an integer of at least 0"),
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("search.num_samples", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
+    ("search.metric", lambda v: v in METRICS, _REPORTED),
     ("search.mode", lambda v: v in {"min", "max"}, "min or max"),
     ("search.reuse_actors", lambda v: isinstance(v, bool), "true or false"),
     ("search.shuffle_grid", lambda v: isinstance(v, bool), "true or false"),

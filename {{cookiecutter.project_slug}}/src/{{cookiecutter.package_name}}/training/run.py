@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -15,6 +16,7 @@ from .. import teardown
 from ..checkpoints import RESULT_FILE, CheckpointError
 from ..config import ConfigError, validate
 from ..data import build_source, prepare_reusing
+from ..models import build_net
 from ..tuning import reporting
 from . import cluster
 
@@ -68,6 +70,30 @@ def trained_epochs(path: str) -> int:
     return int(checkpoint.get("epoch", -1)) + 1  # Lightning saves the 0-based epoch index
 
 
+def check_model(model_cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Build the network on PyTorch's meta device (shapes only: no memory, no weights) and pass
+    it a batch: a model that cannot take the data fails here, in one message, rather than in
+    every worker once they have started."""
+    name = model_cfg.get("_target_", "the model")
+    try:
+        with torch.device("meta"):
+            logits = build_net(model_cfg, input_shape, num_classes).eval()(
+                torch.empty(2, *input_shape)
+            )
+    except InstantiationException:
+        raise  # the network's own message, already without a traceback
+    except Exception as error:
+        raise ConfigError(
+            f"{name} cannot take this data's inputs, shaped {tuple(input_shape)}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
+    if tuple(logits.shape) != (2, num_classes):
+        raise ConfigError(
+            f"{name} gives outputs shaped {tuple(logits.shape)} for a batch of 2; with "
+            f"{num_classes} classes they must be shaped (2, {num_classes})"
+        )
+
+
 def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer for `cfg`, checked against the cluster it will run on."""
     validate(cfg)
@@ -88,6 +114,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
     data = prepare_reusing(cfg.data)
     data.check_shards(cfg.scaling.num_workers)
+    check_model(cfg.model, data.input_shape, data.num_classes)
     loop_config = OmegaConf.to_container(cfg, resolve=True)
     loop_config["data_info"] = data.worker_info()
     return TorchTrainer(

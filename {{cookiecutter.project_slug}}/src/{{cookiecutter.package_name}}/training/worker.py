@@ -18,13 +18,13 @@ from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare
 from .. import teardown
 from ..checkpoints import CHECKPOINT_FILE
 from ..data.loader import ShardBatches
-from ..models import Classifier
+from ..models import Classifier, build_net
 from .callbacks import RayReportCallback, SaveDataState
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
     """The configured network wrapped in the Lightning classifier."""
-    net = instantiate(cfg.model, input_shape=tuple(input_shape), num_classes=num_classes)
+    net = build_net(cfg.model, input_shape, num_classes)
     architecture = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "input_shape": [int(size) for size in input_shape],
