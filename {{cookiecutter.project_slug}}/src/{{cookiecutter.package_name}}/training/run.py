@@ -22,6 +22,9 @@ from . import cluster
 
 log = logging.getLogger(__name__)
 
+# Networks up to this size are also given a batch by the driver before training (check_model).
+FORWARD_CHECK_PARAMETERS = 10_000_000
+
 
 def run_worker(config: dict[str, Any]) -> None:
     """What each Ray Train worker runs (`worker.py`). Imported there, in the worker: Lightning
@@ -71,17 +74,28 @@ def trained_epochs(path: str) -> int:
 
 
 def check_model(model_cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """Build the network on PyTorch's meta device (shapes only: no memory, no weights) and pass
-    it a batch: a model that cannot take the data fails here, in one message, rather than in
-    every worker once they have started."""
-    name = model_cfg.get("_target_", "the model")
+    """Fail here, in one message, if the network cannot take the data, rather than in every
+    worker once they have started.
+
+    The network is built on PyTorch's meta device (shapes, no memory, whatever its size); one
+    of up to FORWARD_CHECK_PARAMETERS parameters is then built for real and passed a batch of 2
+    (milliseconds). A forward pass on the meta device would cost a second of imports instead.
+    """
     try:
         with torch.device("meta"):
-            logits = build_net(model_cfg, input_shape, num_classes).eval()(
-                torch.empty(2, *input_shape)
-            )
+            net = build_net(model_cfg, input_shape, num_classes)
     except InstantiationException:
-        raise  # the network's own message, already without a traceback
+        # The constructor refused (its message is printed without a traceback), or it cannot
+        # run on the meta device: a real build raises the former again and passes the latter.
+        net = build_net(model_cfg, input_shape, num_classes)
+    if sum(parameter.numel() for parameter in net.parameters()) > FORWARD_CHECK_PARAMETERS:
+        return
+    name = model_cfg.get("_target_", "the model")
+    try:
+        with torch.no_grad():
+            logits = build_net(model_cfg, input_shape, num_classes).eval()(
+                torch.zeros(2, *input_shape)
+            )
     except Exception as error:
         raise ConfigError(
             f"{name} cannot take this data's inputs, shaped {tuple(input_shape)}: "
