@@ -107,6 +107,7 @@ def test_a_model_that_cannot_take_the_data_is_refused_before_any_worker_starts()
     cnn.num_blocks = 5  # four 2x2 poolings shrink 8x8 to nothing
     with pytest.raises(ConfigError, match=r"cannot take this data's inputs, shaped \(1, 8, 8\)"):
         check_model(cnn, (1, 8, 8), 10)
+    check_model(cnn, (1, 8, 8), 10, forward=False)  # GPU workers: their kernels may need CUDA
     cnn.channels = 128  # 25M parameters: only built on the meta device, never run
     check_model(cnn, (1, 8, 8), 10)
 

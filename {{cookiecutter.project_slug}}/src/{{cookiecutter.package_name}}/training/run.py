@@ -73,12 +73,15 @@ def trained_epochs(path: str) -> int:
     return int(checkpoint.get("epoch", -1)) + 1  # Lightning saves the 0-based epoch index
 
 
-def check_model(model_cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+def check_model(
+    model_cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, forward: bool = True
+) -> None:
     """Fail here, in one message, if the network cannot take the data, rather than in every
     worker once they have started.
 
-    The network is built on PyTorch's meta device (shapes, no memory, whatever its size); one
-    of up to FORWARD_CHECK_PARAMETERS parameters is then built for real and passed a batch of 2
+    The network is built on PyTorch's meta device (shapes, no memory, whatever its size). With
+    `forward` (workers on CPUs, like this driver: a GPU model may use CUDA-only kernels), one of
+    up to FORWARD_CHECK_PARAMETERS parameters is then built for real and passed a batch of 2
     (milliseconds). A forward pass on the meta device would cost a second of imports instead.
     """
     try:
@@ -88,7 +91,7 @@ def check_model(model_cfg: DictConfig, input_shape: tuple[int, ...], num_classes
         # The constructor refused (its message is printed without a traceback), or it cannot
         # run on the meta device: a real build raises the former again and passes the latter.
         net = build_net(model_cfg, input_shape, num_classes)
-    if sum(parameter.numel() for parameter in net.parameters()) > FORWARD_CHECK_PARAMETERS:
+    if not forward or sum(p.numel() for p in net.parameters()) > FORWARD_CHECK_PARAMETERS:
         return
     name = model_cfg.get("_target_", "the model")
     try:
@@ -128,7 +131,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
     data = prepare_reusing(cfg.data)
     data.check_shards(cfg.scaling.num_workers)
-    check_model(cfg.model, data.input_shape, data.num_classes)
+    check_model(cfg.model, data.input_shape, data.num_classes, forward=not cfg.scaling.use_gpu)
     loop_config = OmegaConf.to_container(cfg, resolve=True)
     loop_config["data_info"] = data.worker_info()
     return TorchTrainer(
