@@ -1,5 +1,5 @@
 """Checks of the composed Hydra config, run before Ray starts."""
 
-from .validation import ConfigError, validate
+from .validation import ConfigError, first_line, validate
 
-__all__ = ["ConfigError", "validate"]
+__all__ = ["ConfigError", "first_line", "validate"]

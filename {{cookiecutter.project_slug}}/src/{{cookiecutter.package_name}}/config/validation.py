@@ -134,7 +134,7 @@ def _schemas(cfg: DictConfig) -> list[str]:
         try:
             OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
         except OmegaConfBaseException as error:
-            problems.append(f"{section}: {_first_line(error)}")
+            problems.append(f"{section}: {first_line(error)}")
     return problems
 
 
@@ -208,8 +208,10 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0]
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message, for one-line error reports."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "no detail"
 
 
 class _Absent:

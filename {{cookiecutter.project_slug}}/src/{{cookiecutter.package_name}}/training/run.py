@@ -14,7 +14,7 @@ from ray.train.torch import TorchTrainer
 
 from .. import teardown
 from ..checkpoints import RESULT_FILE, CheckpointError
-from ..config import ConfigError, validate
+from ..config import ConfigError, first_line, validate
 from ..data import build_source, prepare_reusing
 from ..models import build_net
 from ..tuning import reporting
@@ -68,7 +68,7 @@ def trained_epochs(path: str) -> int:
     except Exception as error:  # torch raises many types for a damaged file
         raise CheckpointError(
             f"resume_from={path} is not a readable checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
+            f"{first_line(error)})"
         ) from error
     return int(checkpoint.get("epoch", -1)) + 1  # Lightning saves the 0-based epoch index
 
@@ -102,7 +102,7 @@ def check_model(
     except Exception as error:
         raise ConfigError(
             f"{name} cannot take this data's inputs, shaped {tuple(input_shape)}: "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            f"{type(error).__name__}: {first_line(error)}"
         ) from error
     if tuple(logits.shape) != (2, num_classes):
         raise ConfigError(
