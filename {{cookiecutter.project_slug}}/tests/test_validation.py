@@ -3,7 +3,9 @@
 import re
 
 import pytest
+import ray
 import torch
+from hydra.errors import CompactHydraException
 
 from {{ cookiecutter.package_name }}.checkpoints import CheckpointError
 from {{ cookiecutter.package_name }}.config import ConfigError, validate
@@ -75,9 +77,6 @@ def test_train_py_stops_before_ray_starts(tmp_path) -> None:
 # What the command line names but is not there: each stops train.py before Ray starts.
 NOT_THERE = [
     (["data=csv", "data.source.path=no/such.csv"], "no/such.csv does not exist"),
-    (["resume_from=no/such.ckpt"], "resume_from=no/such.ckpt: no such checkpoint file"),
-    (["predict=batch"], "predict.checkpoint is mandatory"),
-    (["predict=batch", "predict.checkpoint=no/such/run"], "no/such/run does not exist"),
     (["-m", "search=asha", "search.resume=true"], "there is no Ray Tune sweep to resume in"),
 ]
 
@@ -92,6 +91,24 @@ def test_missing_file_or_folder_stops_train_py_in_one_message(
     assert message in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "Starting a local Ray cluster" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (["predict=batch"], ConfigError, "predict.checkpoint is mandatory"),
+        (["predict=batch", "predict.checkpoint=no/such/run"], CheckpointError, "does not exist"),
+    ],
+)
+def test_batch_prediction_checks_its_checkpoint_before_ray_starts(
+    overrides: list[str], error: type, message: str
+) -> None:
+    from {{ cookiecutter.package_name }}.data.prediction import predict
+
+    assert issubclass(error, CompactHydraException)  # printed without a traceback, as above
+    with pytest.raises(error, match=re.escape(message)):
+        predict(compose_config(*overrides))
+    assert not ray.is_initialized()
 
 
 def test_a_model_that_cannot_take_the_data_is_refused_before_any_worker_starts() -> None:
