@@ -3,7 +3,6 @@
 import re
 
 import pytest
-import ray
 import torch
 from hydra.errors import CompactHydraException
 
@@ -101,14 +100,17 @@ def test_missing_file_or_folder_stops_train_py_in_one_message(
     ],
 )
 def test_batch_prediction_checks_its_checkpoint_before_ray_starts(
-    overrides: list[str], error: type, message: str
+    overrides: list[str], error: type, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from {{ cookiecutter.package_name }}.data.prediction import predict
+    from {{ cookiecutter.package_name }}.data import prediction
 
+    def connect(*args: object) -> None:
+        pytest.fail("prediction connected to Ray before checking its checkpoint")
+
+    monkeypatch.setattr(prediction.cluster, "connect", connect)
     assert issubclass(error, CompactHydraException)  # printed without a traceback, as above
     with pytest.raises(error, match=re.escape(message)):
-        predict(compose_config(*overrides))
-    assert not ray.is_initialized()
+        prediction.predict(compose_config(*overrides))
 
 
 def test_a_model_that_cannot_take_the_data_is_refused_before_any_worker_starts() -> None:
