@@ -16,7 +16,10 @@ from .conftest import failure, run_train, start_train, train_env
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["data=synthetic", "data.source.num_samples=2048", "checkpoint.every_n_epochs=1"]
+# Epochs of about a second: a kill or Ctrl-C sent after the second checkpoint lands well before the
+# end. (With 2,048 rows an epoch took 70 ms, and in CI a 20-epoch run finished in the second that
+# Ray Train's checkpoint registry and its abort lagged behind the worker.)
+SLOW = ["data=synthetic", "data.source.num_samples=32768", "checkpoint.every_n_epochs=1"]
 
 
 def wait_for_checkpoints(run_dir: Path, count: int, proc: subprocess.Popen) -> None:
@@ -54,7 +57,7 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(
     proc = start_train(
         "trainer.max_epochs=5",
         "fault_tolerance.max_failures=1",
-        *SMALL,
+        *SLOW,
         f"hydra.run.dir={tmp_path}",
         ray_address=ray_address,
     )
@@ -73,9 +76,8 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(
 
 
 def test_interrupted_run_resumes_in_the_same_folder(ray_address: str, tmp_path: Path) -> None:
-    # Enough epochs that Ctrl-C lands before the end: in CI a 5-epoch run once finished first.
-    epochs = 20
-    args = [f"trainer.max_epochs={epochs}", *SMALL, f"hydra.run.dir={tmp_path}"]
+    epochs = 10
+    args = [f"trainer.max_epochs={epochs}", *SLOW, f"hydra.run.dir={tmp_path}"]
     proc = start_train(*args, ray_address=ray_address)
     wait_for_checkpoints(tmp_path, 2, proc)
     proc.send_signal(signal.SIGINT)
@@ -95,12 +97,13 @@ def test_interrupted_run_resumes_in_the_same_folder(ray_address: str, tmp_path: 
 def test_ctrl_c_leaves_no_ray_processes_behind(tmp_path: Path) -> None:
     raylets_before = pids("raylet")
     proc = start_train(
-        "trainer.max_epochs=50", *SMALL, f"hydra.run.dir={tmp_path}", ray_address=None
+        "trainer.max_epochs=50", *SLOW, f"hydra.run.dir={tmp_path}", ray_address=None
     )  # its own local cluster
     wait_for_checkpoints(tmp_path, 1, proc)
     assert pids("raylet") - raylets_before, "the run did not start its own cluster"
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
+    assert not (tmp_path / "result.json").exists(), "the run ended before Ctrl-C"
     deadline = time.monotonic() + 30
     while pids("raylet") - raylets_before and time.monotonic() < deadline:
         time.sleep(0.5)
