@@ -6,6 +6,7 @@ config share one preparation: a basic multirun's jobs, and a Ray Tune sweep's tr
 their driver's (`prepare_reusing`, `reuse_prepared`).
 """
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -87,15 +88,26 @@ class PreparedData:
                 )
 
 
+# Where Ray Data warns, once in every process, that its progress bars are off.
+PROGRESS_NOTICE_LOGGER = "ray.data._internal.progress"
+
+
 def configure_context(data_cfg: DictConfig) -> None:
     """This process's Ray Data options; Ray Train carries them to the workers (ingest_config)."""
     context = ray.data.DataContext.get_current()
     # Otherwise every worker prints multi-line progress bars for each split in every epoch, and
     # on a small machine forwarding them to the driver costs more than the epoch itself.
     context.enable_progress_bars = False
+    hide_progress_notice()
     # Blocks in a fixed order, not as they finish: the same seed then gives the same statistics,
     # batches and metrics.
     context.execution_options.preserve_order = bool(data_cfg.preserve_order)
+
+
+def hide_progress_notice() -> None:
+    """Spare this process's console Ray Data's notice that the progress bars are off (as set
+    in configure_context, on purpose); its other warnings still show."""
+    logging.getLogger(PROGRESS_NOTICE_LOGGER).setLevel(logging.ERROR)
 
 
 def build_source(data_cfg: DictConfig) -> TableSource:

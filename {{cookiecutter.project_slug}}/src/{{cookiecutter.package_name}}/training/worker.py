@@ -18,6 +18,7 @@ from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare
 from .. import teardown
 from ..checkpoints import CHECKPOINT_FILE
 from ..data.loader import ShardBatches
+from ..data.pipeline import hide_progress_notice
 from ..models import Classifier, build_net
 from .callbacks import RayReportCallback, SaveDataState
 
@@ -99,9 +100,10 @@ def _distribution(world_size: int) -> dict[str, Any]:
 
 
 def _quiet_false_alarms(world_size: int) -> None:
-    """Silence messages that say nothing about the run: two warnings every run printed, and
+    """Silence messages that say nothing about the run: three warnings every run printed, and
     on the console, the errors of a worker caught mid-report by its run's teardown."""
     teardown.quiet_console()
+    hide_progress_notice()  # Ray Train brought the driver's Ray Data options, bars off
     # Lightning 2.6 still builds torch's LeafSpec, which recent torch deprecates, in every fit.
     warnings.filterwarnings(
         "ignore",
