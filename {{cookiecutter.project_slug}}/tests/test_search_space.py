@@ -115,6 +115,20 @@ def test_trial_overrides_format_each_type() -> None:
     assert format_value([1, 2]) == "[1,2]"
 
 
+def test_the_space_describes_itself_as_written_and_knows_what_it_varies() -> None:
+    params = {"optimizer.lr": "tag(log, interval(1e-4, 1e-1))"}
+    space = build(["model.hidden_dim=choice(64,128)", "data=synthetic"], params)
+    assert space.describe() == (
+        "optimizer.lr=tag(log, interval(1e-4, 1e-1)) model.hidden_dim=choice(64,128)"
+    )
+    assert space.varies("model") and space.varies("optimizer")
+    assert not space.varies("data")  # set, not swept: every trial has it
+    assert not space.varies("mod")  # a group, not a prefix of one
+    assert build(["model=mlp,cnn"]).varies("model", "data")
+    assert build(["+model.extra=1,2"]).varies("model")
+    assert build(["trainer.max_epochs=3"]).describe() == "(nothing swept)"
+
+
 def test_config_params_are_used_and_the_command_line_wins() -> None:
     params = {"optimizer.lr": "interval(0.1,0.2)", "model.hidden_dim": "choice(8,16)"}
     space = build(["model.hidden_dim=32"], params)

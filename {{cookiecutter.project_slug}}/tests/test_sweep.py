@@ -221,6 +221,24 @@ def test_optuna_sweep_runs_and_samples_in_range(ray_address: str, tmp_path: Path
     assert set(results["best_params"]) == {"optimizer.lr", "model.hidden_dim"}
 
 
+def test_a_model_that_cannot_take_the_data_stops_the_sweep_before_any_trial(
+    ray_address: str, tmp_path: Path
+) -> None:
+    proc = run_train(
+        "-m",
+        "search=random",
+        "search.num_samples=2",
+        "model=cnn",
+        "data=synthetic",
+        f"hydra.sweep.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode != 0
+    assert "model=cnn needs image inputs shaped (channels, height, width)" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Ray Tune sweep" not in proc.stderr and not (tmp_path / "tune").exists()
+
+
 def test_failing_trials_are_reported_and_stop_the_sweep(ray_address: str, tmp_path: Path) -> None:
     # Every trial asks for 3 one-CPU workers on a 2-CPU cluster and fails before training.
     proc = run_train(
@@ -233,7 +251,9 @@ def test_failing_trials_are_reported_and_stop_the_sweep(ray_address: str, tmp_pa
         ray_address=ray_address,
     )
     assert proc.returncode != 0
-    assert "Every trial that ran failed" in proc.stderr
+    # The summary, then one line: no traceback of the sweep's own (the trials' are in their logs).
+    assert "Every trial that ran failed" in proc.stderr.strip().splitlines()[-3]
+    assert "in run_sweep" not in proc.stderr
     rows = trials(tmp_path)
     failed = [row for row in rows if row["status"] == "error"]
     assert len(failed) >= 2  # more than max_failed_trials=1, then the sweep stopped

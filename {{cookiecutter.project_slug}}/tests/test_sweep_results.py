@@ -11,6 +11,7 @@ import yaml
 from {{ cookiecutter.package_name }}.tuning.results import (
     TrialSummary,
     best_trial,
+    error_line,
     format_summary,
     summarize_trials,
     write_results,
@@ -76,6 +77,25 @@ def test_summary_names_best_failures_and_resume(tmp_path: Path) -> None:
     assert text.endswith("resume with search.resume=true")
     assert text.startswith("Sweep stopped: 4 trials")
     assert format_summary(rows, rows[2], tmp_path).startswith("Sweep finished: 4 trials")
+
+
+def test_a_failed_trials_error_line_is_its_cause() -> None:
+    traceback = (
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "ValueError: the cause\n"
+        "\nThe above exception was the direct cause of the following exception:\n\n"
+        "hydra.errors.InstantiationException: Error in call to target 'pkg.CNN':\n"
+        "ValueError('model=cnn needs image inputs')\n"
+        "full_key: model\n"
+    )
+    assert error_line(RuntimeError(traceback)) == (
+        "hydra.errors.InstantiationException: Error in call to target 'pkg.CNN': "
+        "ValueError('model=cnn needs image inputs')"
+    )
+    assert error_line(RuntimeError("x\nKeyError: 'lr'\n  more")) == "KeyError: 'lr'"
+    assert error_line(RuntimeError("no error name here")) == "no error name here"
+    assert error_line(None) == ""
 
 
 def test_trial_numbers_survive_tunes_copies_and_resume(tmp_path: Path) -> None:

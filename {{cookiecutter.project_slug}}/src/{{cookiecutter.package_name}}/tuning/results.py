@@ -109,7 +109,7 @@ def summarize_trials(
                 else None,
                 epochs=epochs,
                 output_dir=output_dir,
-                error=_error_line(result.error),
+                error=error_line(result.error),
                 log=_error_log(result.path, output_dir) if result.error is not None else "",
             )
         )
@@ -207,10 +207,17 @@ def _error_log(tune_trial_dir: str, output_dir: str) -> str:
     return str(traceback if traceback.is_file() else Path(output_dir) / "train.log")
 
 
-def _error_line(error: Any) -> str:
-    """The most telling line of a trial's error: the last `SomeError: message` in it."""
+def error_line(error: Any) -> str:
+    """The most telling line of a trial's error: the last `SomeError: message` in it, with the
+    line after it when the message goes on there (Hydra's "Error in call to target 'X':")."""
     if error is None:
         return ""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    raised = [line for line in lines if _RAISED.match(line)]
-    return (raised or lines or [type(error).__name__])[-1][:300]
+    raised = [number for number, line in enumerate(lines) if _RAISED.match(line)]
+    if not raised:
+        return (lines or [type(error).__name__])[-1][:300]
+    last = raised[-1]
+    line = lines[last]
+    if line.endswith(":") and last + 1 < len(lines):
+        line = f"{line} {lines[last + 1]}"
+    return line[:300]

@@ -49,6 +49,16 @@ class SearchSpace:
 
     domains: dict[str, Any] = field(default_factory=dict)
     fixed: list[str] = field(default_factory=list)
+    written: dict[str, str] = field(default_factory=dict)  # key -> its sweep override, as given
+
+    def describe(self) -> str:
+        """The swept keys as the user wrote them, for the log."""
+        return " ".join(self.written[key] for key in self.domains) or "(nothing swept)"
+
+    def varies(self, *groups: str) -> bool:
+        """Whether a swept key is one of the config `groups` or a key inside one."""
+        keys = [key.lstrip("+~") for key in self.domains]
+        return any(key == group or key.startswith(f"{group}.") for key in keys for group in groups)
 
     @property
     def has_grid(self) -> bool:
@@ -106,6 +116,7 @@ def build(
         if override.is_delete():
             raise SearchSpaceError(f"{override.input_line}: a deletion cannot be swept")
         space.domains[key] = domain(override, shuffle_grid=shuffle_grid, seed=seed)
+        space.written[key] = override.input_line or key
     return space
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
+from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -18,6 +19,7 @@ from ray.tune.search.sample import Domain
 from ..config import ConfigError, validate
 from ..data import build_source, prepare
 from ..training import cluster
+from ..training.run import check_model
 from . import results
 from .space import SearchSpace, SearchSpaceError, build
 from .trial import TrialContext, TrialNumbers, job_number, run_trial
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 EXPERIMENT_NAME = "tune"
+
+
+class SweepFailed(CompactHydraException, RuntimeError):
+    """No trial of the sweep succeeded (printed without a traceback, after the summary)."""
 
 
 class SweepMonitor(tune.Callback, tune.Stopper):
@@ -119,6 +125,12 @@ def run_sweep(
     # Once here rather than in every trial (most keep the sweep's data config); a bad data
     # config also stops the sweep now, before any trial starts.
     data = prepare(config.data)
+    if not space.varies("model", "data"):
+        # Every trial builds this network for these inputs: a mismatch stops the sweep now,
+        # in one message, rather than each trial in turn with a traceback.
+        check_model(
+            config.model, data.input_shape, data.num_classes, forward=not config.scaling.use_gpu
+        )
     context = TrialContext(config, hydra_context, task_function, space, Singleton.get_state(), data)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context),
@@ -131,12 +143,12 @@ def run_sweep(
         search, trainable, space, scheduler, search_alg, tune_limit, monitor, sweep_dir
     )
     log.info(
-        "Ray Tune sweep %s: %s samples, up to %s trials at once, space %s, fixed %s",
+        "Ray Tune sweep %s: %s samples, up to %s trials at once; sweeps %s; fixed %s",
         search.name,
         search.num_samples,
         concurrency,
-        _describe(space.domains),
-        space.fixed,
+        space.describe(),
+        " ".join(space.fixed) or "nothing",
     )
     grid = tuner.fit()
 
@@ -168,7 +180,9 @@ def run_sweep(
     log.info("\n%s", summary)
     failed = [row for row in rows if row.status == "error"]
     if best is None and failed:
-        raise RuntimeError(f"Every trial that ran failed; the first: {failed[0].error}")
+        raise SweepFailed(
+            f"Every trial that ran failed (above: each one's log); the first: {failed[0].error}"
+        )
     return {"best": best, "trials": rows}
 
 
@@ -239,7 +253,3 @@ def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, mon
             verbose=1,
         ),
     )
-
-
-def _describe(domains: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{key}: {domain}" for key, domain in domains.items()) + "}"
