@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -81,12 +82,16 @@ def test_interrupted_run_resumes_in_the_same_folder(ray_address: str, tmp_path: 
     proc = start_train(*args, ray_address=ray_address)
     wait_for_checkpoints(tmp_path, 2, proc)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
+    output, _ = proc.communicate(timeout=120)
     assert not (tmp_path / "result.json").exists()
     trained_before = len(set(val_loss_steps(tmp_path)))
     assert 2 <= trained_before < epochs
 
-    again = run_train(*args, ray_address=ray_address)
+    # The run says how to go on; that very command resumes it.
+    hint = "To continue from its latest checkpoint, run: python train.py "
+    (command,) = [line.split(hint)[1] for line in output.splitlines() if hint in line]
+    assert shlex.split(command) == [*args[:-1], f"hydra.run.dir={tmp_path}"]
+    again = run_train(*shlex.split(command), ray_address=ray_address)
     assert again.returncode == 0, failure(again)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["metrics"]["epoch"] == epochs - 1

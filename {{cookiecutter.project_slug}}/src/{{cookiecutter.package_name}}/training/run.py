@@ -2,11 +2,13 @@
 
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
@@ -167,12 +169,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     tune_reporter = reporting.active()
     if tune_reporter is None:
-        result = build_trainer(cfg).fit()
+        trainer = build_trainer(cfg)
+        try:
+            result = trainer.fit()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train aborts the run, then exits
+            log.warning(
+                "Training stopped before its last epoch. To continue from its latest "
+                "checkpoint, run: %s",
+                resume_command(cfg.paths.output_dir),
+            )
+            raise
     else:
         result = tune_reporter.fit(build_trainer(cfg, callbacks=tune_reporter.callbacks))
     summary = summarize(result, cfg)
     write_result(summary, cfg.paths.output_dir)
     return summary
+
+
+def resume_command(output_dir: str) -> str:
+    """The command that continues this run: its overrides again (Hydra keeps its own, such as
+    hydra.run.dir, apart), in its own folder."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={output_dir}"])
 
 
 def write_result(summary: dict[str, Any], output_dir: str) -> Path:
