@@ -28,10 +28,10 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
         ray_address=ray_address,
     )
     assert proc.returncode == 0, failure(proc)
-    # Warnings that said nothing about the run (a one-worker run is not distributed; the
-    # progress bars are off on purpose), from the driver and the worker.
+    # Messages that said nothing about the run (a one-worker run is not distributed; the
+    # progress bars are off on purpose; a dataset's id and plan), from the driver and worker.
     console = proc.stdout + proc.stderr
-    for notice in ("sync_dist=True", "LeafSpec", "Progress bars disabled"):
+    for notice in ("sync_dist=True", "LeafSpec", "Progress bars disabled", "Execution plan"):
         assert notice not in console, notice
 
     result = json.loads((run_dir / "result.json").read_text())

@@ -99,6 +99,9 @@ def configure_context(data_cfg: DictConfig) -> None:
     # on a small machine forwarding them to the driver costs more than the epoch itself.
     context.enable_progress_bars = False
     hide_progress_notice()
+    # Not two lines for every dataset as it starts (its id, its operators; the Ray dashboard
+    # shows both): only the one that says it finished, and how fast.
+    context.print_on_execution_start = False
     # Blocks in a fixed order, not as they finish: the same seed then gives the same statistics,
     # batches and metrics.
     context.execution_options.preserve_order = bool(data_cfg.preserve_order)
