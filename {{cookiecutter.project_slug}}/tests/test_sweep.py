@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -251,9 +252,15 @@ def test_failing_trials_are_reported_and_stop_the_sweep(ray_address: str, tmp_pa
         ray_address=ray_address,
     )
     assert proc.returncode != 0
-    # The summary, then one line: no traceback of the sweep's own (the trials' are in their logs).
+    # One line as each trial fails, naming its error and traceback file; at the end the summary
+    # and one more line. The tracebacks are in the files, not on the console.
+    assert re.search(
+        r"Trial \d+ failed \(1 so far; the sweep stops after 2\): .*asks for 3 CPUs.*"
+        r"\(traceback: .*/tune/trial_\d+/error.txt\)",
+        proc.stdout,  # Hydra's log
+    ), proc.stdout[-3000:]
     assert "Every trial that ran failed" in proc.stderr.strip().splitlines()[-3]
-    assert "in run_sweep" not in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
     rows = trials(tmp_path)
     failed = [row for row in rows if row["status"] == "error"]
     assert len(failed) >= 2  # more than max_failed_trials=1, then the sweep stopped

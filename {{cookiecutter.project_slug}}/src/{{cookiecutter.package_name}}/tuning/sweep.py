@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # Trials log to TensorBoard themselves (one folder per Hydra job), so Tune's own TensorBoard
 # logger is left out; its JSON and CSV loggers are added back by hand (they hold the history).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# A failed trial's traceback goes to its error.txt, and the console gets one line naming the error
+# and that file (SweepMonitor) rather than the whole traceback (TUNE_PRINT_ALL_TRIAL_ERRORS=1
+# prints those too, as Tune does by default).
+os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 EXPERIMENT_NAME = "tune"
 
@@ -59,10 +63,18 @@ class SweepMonitor(tune.Callback, tune.Stopper):
         self.status[job_number(trial.custom_dirname)] = "error"
         failed = list(self.status.values()).count("error")
         log.error(
-            "Trial %s failed (%d so far; the sweep stops after %d)",
+            "Trial %s failed (%d so far; the sweep stops after %d): %s",
             job_number(trial.custom_dirname),
             failed,
             self.max_failed + 1,
+            _trial_error(trial),
+        )
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log.warning(
+            "Trial %s failed and starts again: %s",
+            job_number(trial.custom_dirname),
+            _trial_error(trial),
         )
 
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -74,6 +86,13 @@ class SweepMonitor(tune.Callback, tune.Stopper):
     def interrupted(self) -> list[int]:
         """Trials started in this session that neither finished nor failed."""
         return sorted(number for number, status in self.status.items() if status == "running")
+
+
+def _trial_error(trial: Any) -> str:
+    """The telling line of a trial's latest error, and where its traceback is."""
+    local = Path(trial.error_file) if trial.error_file else None
+    line = results.error_line(local.read_text()) if local and local.is_file() else "(no error file)"
+    return f"{line} (traceback: {trial.path}/{local.name if local else 'error.txt'})"
 
 
 def run_sweep(
