@@ -70,11 +70,10 @@ def test_results_files(tmp_path: Path) -> None:
 
 def test_summary_names_best_failures_and_resume(tmp_path: Path) -> None:
     rows, _ = summaries(tmp_path)
-    text = format_summary(rows, rows[2], tmp_path, "resume with search.resume=true")
+    text = format_summary(rows, rows[2], tmp_path, stopped=True)
     assert "4 trials (2 completed, 1 stopped early, 1 error)" in text
     assert "python train.py optimizer.lr=0.02 +x=d" in text
     assert "trial 3 failed: ValueError: boom" in text
-    assert text.endswith("resume with search.resume=true")
     assert text.startswith("Sweep stopped: 4 trials")
     assert format_summary(rows, rows[2], tmp_path).startswith("Sweep finished: 4 trials")
 

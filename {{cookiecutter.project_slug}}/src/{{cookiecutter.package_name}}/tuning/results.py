@@ -178,13 +178,13 @@ def plot(path: Path, rows: list[TrialSummary], histories: dict[int, pd.DataFrame
 
 
 def format_summary(
-    rows: list[TrialSummary], best: TrialSummary | None, sweep_dir: Path, resume_hint: str = ""
+    rows: list[TrialSummary], best: TrialSummary | None, sweep_dir: Path, stopped: bool = False
 ) -> str:
-    """The few lines printed when a sweep ends; `resume_hint`, if any, says it was cut short."""
+    """The few lines printed when a sweep ends (`stopped`: before all its trials finished)."""
     statuses = [row.status for row in rows]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in STATUSES if s in statuses)
     lines = [
-        f"Sweep {'stopped' if resume_hint else 'finished'}: {len(rows)} trials ({counts})",
+        f"Sweep {'stopped' if stopped else 'finished'}: {len(rows)} trials ({counts})",
         f"Results in {sweep_dir}: {RESULTS_FILE}, {TRIALS_FILE}, {PLOT_FILE}",
     ]
     for row in rows:
@@ -196,8 +196,6 @@ def format_summary(
         lines.append(f"Best trial {best.trial}: {best.final:.6g} ({best.output_dir})")
         lines.append(f"  python train.py {best.overrides}")
     lines.append(f"TensorBoard of every trial: tensorboard --logdir {sweep_dir}")
-    if resume_hint:
-        lines.append(resume_hint)
     return "\n".join(lines)
 
 

@@ -41,6 +41,11 @@ class SweepFailed(CompactHydraException, RuntimeError):
     """No trial of the sweep succeeded (printed without a traceback, after the summary)."""
 
 
+class SweepStopped(CompactHydraException, RuntimeError):
+    """The sweep ended before all its trials finished (Ctrl-C, too many failures); its message
+    says how to resume it."""
+
+
 class SweepMonitor(tune.Callback, tune.Stopper):
     """Follows trials as they start, finish and fail; stops the sweep after too many failures."""
 
@@ -189,18 +194,17 @@ def run_sweep(
     not_created = 0
     if not monitor.stop_all():
         not_created = max(0, space.num_trials(int(search.num_samples)) - len(rows))
-    resume_hint = ""
-    if unfinished or not_created:
-        resume_hint = (
-            f"{len(unfinished) + not_created} trials did not finish. Continue the sweep with the "
-            f"same command plus: search.resume=true hydra.sweep.dir={sweep_dir}"
-        )
-    summary = results.format_summary(rows, best, sweep_dir, resume_hint)
-    log.info("\n%s", summary)
+    stopped = bool(unfinished or not_created)
+    log.info("\n%s", results.format_summary(rows, best, sweep_dir, stopped))
     failed = [row for row in rows if row.status == "error"]
     if best is None and failed:
         raise SweepFailed(
             f"Every trial that ran failed (above: each one's log); the first: {failed[0].error}"
+        )
+    if stopped:  # a non-zero exit: a script or a RayJob must not take it for a finished sweep
+        raise SweepStopped(
+            f"{len(unfinished) + not_created} trials did not finish. Continue the sweep with the "
+            f"same command plus: search.resume=true hydra.sweep.dir={sweep_dir}"
         )
     return {"best": best, "trials": rows}
 
