@@ -190,6 +190,7 @@ def test_interrupted_sweep_resumes_and_keeps_finished_trials(
     assert sweep.returncode != 0
     hint = "trials did not finish. Continue the sweep with the same command plus: "
     assert f"{hint}search.resume=true hydra.sweep.dir={tmp_path}" in output, output[-3000:]
+    assert "Tuner.restore(" not in output  # Ray Tune's own hint, which is not how this one resumes
     finished_at = first_done.stat().st_mtime
 
     proc = run_train(*args, "search.resume=true", ray_address=ray_address)

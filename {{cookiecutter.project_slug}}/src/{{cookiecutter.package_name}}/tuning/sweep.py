@@ -37,6 +37,17 @@ os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 EXPERIMENT_NAME = "tune"
 
 
+class TuneRestoreHint(logging.Filter):
+    """Drops Ray Tune's "Resume experiment with: Tuner.restore(...)" on Ctrl-C: this sweep
+    resumes with `search.resume=true`, as its own last message (SweepStopped) says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(TuneRestoreHint())
+
+
 class SweepFailed(CompactHydraException, RuntimeError):
     """No trial of the sweep succeeded (printed without a traceback, after the summary)."""
 
