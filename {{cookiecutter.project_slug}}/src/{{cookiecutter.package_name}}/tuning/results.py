@@ -24,6 +24,7 @@ from .trial import job_number  # noqa: E402
 RESULTS_FILE = "optimization_results.yaml"
 TRIALS_FILE = "trials.csv"
 PLOT_FILE = "metric_per_epoch.png"
+ERROR_FILE = "error.txt"  # Ray Tune's: a failed trial's traceback, in its folder under tune/
 STATUSES = ("completed", "stopped early", "error", "interrupted", "not run")
 _RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*:")
 
@@ -201,7 +202,7 @@ def format_summary(
 
 def _error_log(tune_trial_dir: str, output_dir: str) -> str:
     """Tune's error.txt holds the trial's full traceback; the job's own log is the fallback."""
-    traceback = Path(tune_trial_dir) / "error.txt"
+    traceback = Path(tune_trial_dir) / ERROR_FILE
     return str(traceback if traceback.is_file() else Path(output_dir) / "train.log")
 
 

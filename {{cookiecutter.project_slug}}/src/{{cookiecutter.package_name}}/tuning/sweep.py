@@ -105,10 +105,11 @@ class SweepMonitor(tune.Callback, tune.Stopper):
 
 
 def _trial_error(trial: Any) -> str:
-    """The telling line of a trial's latest error, and where its traceback is."""
-    local = Path(trial.error_file) if trial.error_file else None
-    line = results.error_line(local.read_text()) if local and local.is_file() else "(no error file)"
-    return f"{line} (traceback: {trial.path}/{local.name if local else 'error.txt'})"
+    """The telling line of a trial's latest error, and where its traceback is kept. Tune has
+    just written it to the trial's error file here, and copies it to the sweep's folder."""
+    written = Path(trial.error_file) if trial.error_file else None
+    text = written.read_text() if written and written.is_file() else "(no error file)"
+    return f"{results.error_line(text)} (traceback: {trial.path}/{results.ERROR_FILE})"
 
 
 def run_sweep(
