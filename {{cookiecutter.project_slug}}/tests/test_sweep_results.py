@@ -68,7 +68,7 @@ def test_results_files(tmp_path: Path) -> None:
     assert (tmp_path / "metric_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_summary_names_best_failures_and_resume(tmp_path: Path) -> None:
+def test_summary_names_the_best_and_the_failures_and_says_if_stopped(tmp_path: Path) -> None:
     rows, _ = summaries(tmp_path)
     text = format_summary(rows, rows[2], tmp_path, stopped=True)
     assert "4 trials (2 completed, 1 stopped early, 1 error)" in text
