@@ -26,6 +26,21 @@ from .sources import is_uri, resolve_path
 log = logging.getLogger(__name__)
 
 
+class FinishedJobCpuWarning(logging.Filter):
+    """Drops Ray Data's "no available CPUs ... The Dataset job will hang" warning.
+
+    Writing checks the cluster's free CPUs once more after the rows are scored, while the
+    scoring actors still hold theirs, and prints the warning for a job that has finished.
+    `predict` checks for free CPUs itself before scoring starts, when the warning means it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not have any available CPUs" not in record.getMessage()
+
+
+logging.getLogger("ray.data.dataset").addFilter(FinishedJobCpuWarning())
+
+
 class Scorer:
     """Ray Data actor: loads the checkpoint once, then scores batches of table rows."""
 
@@ -59,6 +74,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     source.check()  # before Ray starts
 
     cluster.connect(cfg.ray)
+    if not ray.available_resources().get("CPU"):
+        log.warning(
+            "No CPU of the Ray cluster is free now (Serve replicas, another job?): the scoring "
+            "waits until one is. Free one, or score on a larger cluster (ray.address=...)."
+        )
     table = source.read()
     missing = [c for c in transform.feature_columns if c not in table.schema().names]
     if missing:
