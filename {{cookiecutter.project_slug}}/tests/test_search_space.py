@@ -36,6 +36,16 @@ def test_trials_are_num_samples_of_every_grid_combination() -> None:
     assert space.num_trials(2) == 2 * 2 * 3
 
 
+def test_a_space_that_samples_nothing_runs_each_configuration_once() -> None:
+    # Repeating a grid with nothing sampled would run the same trials with the same seed.
+    grid = build(["model=mlp,cnn", "optimizer.lr=0.1,0.01"])
+    assert not grid.samples and grid.repeats(8) == 1 and grid.num_trials(grid.repeats(8)) == 4
+    assert build([]).repeats(8) == 1
+    # With a sampled key, each pass over the grid draws it anew.
+    mixed = build(["model=mlp,cnn", "optimizer.lr=interval(0.001,0.1)"])
+    assert mixed.samples and mixed.num_trials(mixed.repeats(8)) == 16
+
+
 def test_grids_run_in_a_seeded_shuffled_order_when_asked() -> None:
     rates = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
     listed = ",".join(map(str, rates))

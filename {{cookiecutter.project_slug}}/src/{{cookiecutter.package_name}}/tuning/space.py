@@ -64,6 +64,17 @@ class SearchSpace:
     def has_grid(self) -> bool:
         return any(_is_grid(domain) for domain in self.domains.values())
 
+    @property
+    def samples(self) -> bool:
+        """Whether any swept key is drawn at random (a grid is not)."""
+        return any(not _is_grid(domain) for domain in self.domains.values())
+
+    def repeats(self, num_samples: int) -> int:
+        """How many times Tune should go over the grid: `num_samples` when keys are sampled
+        (each pass draws them anew), once when none is, as each pass would repeat the same
+        trials with the same seed."""
+        return num_samples if self.samples else 1
+
     def num_trials(self, num_samples: int) -> int:
         """How many trials Tune makes of this space: `num_samples` of every grid combination."""
         grids = [domain["grid_search"] for domain in self.domains.values() if _is_grid(domain)]

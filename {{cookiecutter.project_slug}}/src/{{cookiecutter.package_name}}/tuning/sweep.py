@@ -139,6 +139,7 @@ def run_sweep(
             "(`key=a,b` means every value). Write `key=choice(a,b)` to let it choose, or use "
             "search=random or search=asha to run every value."
         )
+    num_samples = space.repeats(int(search.num_samples))
     scheduler = make_scheduler(search.get("scheduler"), space)
     build_source(config.data).check()
 
@@ -176,12 +177,19 @@ def run_sweep(
     )
     monitor = SweepMonitor(int(search.max_failed_trials))
     tuner = make_tuner(
-        search, trainable, space, scheduler, search_alg, tune_limit, monitor, sweep_dir
+        search, trainable, space, num_samples, scheduler, search_alg, tune_limit, monitor, sweep_dir
     )
+    if num_samples < search.num_samples:
+        log.info(
+            "Nothing is sampled, so each configuration runs once, not search.num_samples=%s "
+            "times (the same trial with the same seed); to repeat with other seeds, sweep "
+            "seed=0,1,2",
+            search.num_samples,
+        )
     log.info(
-        "Ray Tune sweep %s: %s samples, up to %s trials at once; sweeps %s; fixed %s",
+        "Ray Tune sweep %s: %s trials, up to %s at once; sweeps %s; fixed %s",
         search.name,
-        search.num_samples,
+        space.num_trials(num_samples),
         concurrency,
         space.describe(),
         " ".join(space.fixed) or "nothing",
@@ -205,7 +213,7 @@ def run_sweep(
     # Trials Tune never created: the sweep was stopped (Ctrl-C) between two trials.
     not_created = 0
     if not monitor.stop_all():
-        not_created = max(0, space.num_trials(int(search.num_samples)) - len(rows))
+        not_created = max(0, space.num_trials(num_samples) - len(rows))
     stopped = bool(unfinished or not_created)
     log.info("\n%s", results.format_summary(rows, best, sweep_dir, stopped))
     failed = [row for row in rows if row.status == "error"]
@@ -255,7 +263,9 @@ def check_sweep_folder(sweep_dir: Path, resume: bool) -> None:
         )
 
 
-def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, monitor, sweep_dir):
+def make_tuner(
+    search, trainable, space, num_samples, scheduler, search_alg, concurrency, monitor, sweep_dir
+):
     """A new Tuner, or the interrupted one in `sweep_dir` when `search.resume` is set."""
     if search.resume:
         experiment = sweep_dir / EXPERIMENT_NAME
@@ -269,7 +279,7 @@ def make_tuner(search, trainable, space, scheduler, search_alg, concurrency, mon
         tune_config=tune.TuneConfig(
             metric=search.metric,
             mode=search.mode,
-            num_samples=int(search.num_samples),
+            num_samples=num_samples,
             scheduler=scheduler,
             search_alg=search_alg,
             max_concurrent_trials=concurrency,
