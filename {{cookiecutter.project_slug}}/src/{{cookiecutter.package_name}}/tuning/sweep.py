@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ray
 from hydra.core.singleton import Singleton
 from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
@@ -195,6 +196,9 @@ def run_sweep(
         " ".join(space.fixed) or "nothing",
     )
     grid = tuner.fit()
+    # Ray forwards the last trials' log lines for a moment after the sweep ends, as their
+    # processes stop: leave Ray now, so that the summary is the sweep's last word.
+    ray.shutdown()
 
     rows, histories = results.summarize_trials(
         grid,
