@@ -17,10 +17,12 @@ from ray.train.v2._internal.execution.checkpoint.sync_actor import Synchronizati
 from ray.train.v2._internal.util import construct_user_exception_with_traceback
 from ray.train.v2.api.callback import UserCallback
 from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.queue import Queue
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from {{ cookiecutter.package_name }}.teardown import RAY_TRAIN_LOGGER, TeardownNoise, quiet_console
 from {{ cookiecutter.package_name }}.training.run import run_config
+from {{ cookiecutter.package_name }}.tuning.reporting import _ForwardReports
 
 from .conftest import compose_config
 
@@ -43,6 +45,12 @@ class Owner:
 
     def wait(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def create_queue(self) -> list:
+        return [Queue(actor_options={"num_cpus": 0})]
+
+    def forward(self, callback: UserCallback) -> None:
+        callback.after_report(None, [{"epoch": 0}], None)
 
 
 class Capture(logging.Handler):
@@ -160,3 +168,24 @@ def test_every_run_quiets_its_controllers_console_and_not_its_log_files(
     files = [filters for kind, filters in handlers if kind == "SessionFileHandler"]
     assert console and all("TeardownNoise" in filters for filters in console)
     assert files and not any("TeardownNoise" in filters for filters in files)
+
+
+def test_a_report_for_a_trial_that_has_ended_is_dropped_without_an_error(
+    ray_address: str,
+) -> None:
+    # Tune ends a stopped trial's process, and the report queue it owns, while the run's
+    # controller may still be handing on a report it collected just before its abort.
+    trial = Owner.remote()
+    [queue] = ray.get(trial.create_queue.remote())
+    ray.kill(trial)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(queue.actor.qsize.remote())
+        except ray.exceptions.RayActorError:
+            break  # the queue died with its owner
+        time.sleep(0.1)
+    else:
+        pytest.fail("the queue outlived the process that owns it")
+    controller = Owner.remote()
+    ray.get(controller.forward.remote(_ForwardReports(queue, run_id="ended")))

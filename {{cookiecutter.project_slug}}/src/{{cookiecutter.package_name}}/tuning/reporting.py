@@ -64,7 +64,13 @@ class _ForwardReports(UserCallback):
         # The controller's own handle goes along: a stopped trial aborts the run with it.
         controller = ray.get_runtime_context().current_actor
         report = (metrics[0], checkpoint.path if checkpoint else None, controller)
-        self.queue.put((self.run_id, report))
+        try:
+            self.queue.put((self.run_id, report))
+        except ray.exceptions.RayActorError:
+            # The trial has ended, and the queue with its process (Tune ends a stopped trial's
+            # process when no trial is left to reuse it), while this run's control loop was
+            # still handing on a report collected before the abort. No one waits for it.
+            pass
 
 
 class TrialReporter:
