@@ -27,6 +27,7 @@ class Context:
     log: Path
     shared: dict = field(default_factory=dict)  # results one benchmark hands to another
     sweep_rows: tuple[int, ...] = ()  # more sweep workloads: synthetic epochs of this many rows
+    sweep_trials: int = 8  # learning rates per sweep (4 with quick)
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for project and baseline commands."""

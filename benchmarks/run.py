@@ -41,6 +41,9 @@ def main() -> None:
         default="",
         help="comma list of row counts: the sweeps again on synthetic epochs of each (e.g. 262144)",
     )
+    arguments.add_argument(
+        "--sweep-trials", type=int, default=8, help="learning rates per sweep (the issue: 8 to 16)"
+    )
     arguments.add_argument("--quick", action="store_true", help="fewer epochs, trials, seconds")
     arguments.add_argument("--full-tests", action="store_true", help="also the slow project tests")
     args = arguments.parse_args()
@@ -55,6 +58,8 @@ def main() -> None:
         sweep_rows = tuple(int(rows) for rows in args.sweep_rows.split(",") if rows.strip())
     except ValueError:
         arguments.error(f"--sweep-rows takes whole numbers, not {args.sweep_rows!r}")
+    if args.sweep_trials < 2:
+        arguments.error(f"--sweep-trials needs at least 2 learning rates, not {args.sweep_trials}")
     out = args.out.resolve()
     work = out / "work"  # the previous run's scratch folder goes only once the arguments are good
     shutil.rmtree(work, ignore_errors=True)
@@ -68,6 +73,7 @@ def main() -> None:
         quick=args.quick,
         log=out / "bench.log",
         sweep_rows=sweep_rows,
+        sweep_trials=args.sweep_trials,
     )
     ctx.log.write_text("")
     results = {
@@ -79,6 +85,7 @@ def main() -> None:
             "sweep_repeats": args.sweep_repeats,
             "quick": args.quick,
             "sweep_rows": list(sweep_rows),
+            "sweep_trials": args.sweep_trials,
         },
         "benchmarks": {},
     }

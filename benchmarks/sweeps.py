@@ -72,7 +72,7 @@ def run(ctx: Context) -> dict:
 
 
 def measure(ctx: Context, data: list[str], tag: str) -> dict:
-    count, epochs = (4, 3) if ctx.quick else (8, 8)
+    count, epochs = (4, 3) if ctx.quick else (ctx.sweep_trials, 8)
     rates = learning_rates(count)
     common = [f"optimizer.lr={','.join(rates)}", f"trainer.max_epochs={epochs}", *data]
     slots = os.cpu_count() or 1
