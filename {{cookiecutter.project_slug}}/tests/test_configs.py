@@ -57,6 +57,15 @@ def test_groups_have_options() -> None:
         assert options(group), f"configs/{group}/ has no options"
 
 
+@pytest.mark.parametrize("preset", options("debug"))
+def test_debug_presets_log_within_their_short_epochs(preset: str) -> None:
+    # Lightning warns in every such run when an epoch has fewer steps than its logging interval.
+    trainer = compose_config(f"debug={preset}").trainer
+    steps = trainer.get("overfit_batches") or trainer.limit_train_batches
+    assert isinstance(steps, int), "a debug preset caps its batches"
+    assert trainer.log_every_n_steps <= steps
+
+
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_models_build_for_digits(model: str) -> None:
     import torch
