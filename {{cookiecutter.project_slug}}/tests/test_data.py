@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from {{ cookiecutter.package_name }}.data import (
+    DataError,
     DigitsSource,
     ParquetSource,
     SyntheticSource,
@@ -21,7 +22,7 @@ from {{ cookiecutter.package_name }}.data import (
 from {{ cookiecutter.package_name }}.data.preprocessing import feature_moments
 from {{ cookiecutter.package_name }}.data.split import is_validation
 
-from .conftest import compose_config
+from .conftest import compose_config, run_train
 
 
 def digits_frame() -> pd.DataFrame:
@@ -208,16 +209,27 @@ def test_unexpected_labels_are_refused(
 
 
 @pytest.mark.slow
+def test_train_py_names_bad_labels_in_one_message(ray_address: str, tmp_path: Path) -> None:
+    path = tmp_path / "pets.parquet"
+    pd.DataFrame({"x": [0.0, 1.0, 2.0], "label": ["cat", "dog", "cat"]}).to_parquet(path)
+    run_dir = f"hydra.run.dir={tmp_path}"
+    proc = run_train("data=parquet", f"data.source.path={path}", run_dir, ray_address=ray_address)
+    assert proc.returncode != 0
+    assert "integer class indices 0, 1, 2, ...; 3 row(s) do not, e.g. 'cat'" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_missing_or_text_columns_are_named(ray_address: str, tmp_path: Path) -> None:
     path = tmp_path / "table.csv"
     pd.DataFrame({"x": [1.0, 2.0], "word": ["a", "b"], "y": [0, 1]}).to_csv(path, index=False)
-    with pytest.raises(KeyError, match=r"column\(s\) label not found .* it has: x, word, y"):
+    with pytest.raises(DataError, match=r"column\(s\) label not found .* it has: x, word, y"):
         prepare(file_config(path, "csv"))
-    with pytest.raises(KeyError, match=r"column\(s\) z not found"):
+    with pytest.raises(DataError, match=r"column\(s\) z not found"):
         prepare(
             file_config(
                 path, "csv", "data.source.label_column=y", "data.source.feature_columns=[x,z]"
             )
         )
-    with pytest.raises(TypeError, match=r"feature column\(s\) word are not numeric"):
+    with pytest.raises(DataError, match=r"feature column\(s\) word are not numeric"):
         prepare(file_config(path, "csv", "data.source.label_column=y"))

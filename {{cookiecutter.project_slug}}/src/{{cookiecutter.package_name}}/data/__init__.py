@@ -10,10 +10,11 @@ prediction.py    offline batch prediction with a trained checkpoint
 
 from .pipeline import PreparedData, build_source, prepare, prepare_reusing, reuse_prepared
 from .preprocessing import Transform, load_transform
-from .sources import CsvSource, DigitsSource, ParquetSource, SyntheticSource
+from .sources import CsvSource, DataError, DigitsSource, ParquetSource, SyntheticSource
 
 __all__ = [
     "CsvSource",
+    "DataError",
     "DigitsSource",
     "ParquetSource",
     "PreparedData",

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .preprocessing import ToExamples, Transform, fit_transform
-from .sources import TableSource
+from .sources import DataError, TableSource
 from .split import train_val_split
 
 
@@ -82,7 +82,7 @@ class PreparedData:
         """Every worker must get at least one row of each split, or Lightning stops on that rank."""
         for split, rows in (("train", self.train_rows), ("val", self.val_rows)):
             if rows is not None and rows < num_workers:
-                raise ValueError(
+                raise DataError(
                     f"the {split} split has {rows} rows, fewer than the {num_workers} workers; "
                     f"use more data, fewer workers or another data.val_fraction"
                 )
@@ -129,7 +129,7 @@ def prepare(data_cfg: DictConfig) -> PreparedData:
     num_classes = check_labels(table, source.label_column, source.num_classes)
     input_shape = source.input_shape or (len(feature_columns),)
     if math.prod(input_shape) != len(feature_columns):
-        raise ValueError(
+        raise DataError(
             f"data.source.input_shape {list(input_shape)} holds {math.prod(input_shape)} values, "
             f"but there are {len(feature_columns)} feature columns"
         )
@@ -147,7 +147,7 @@ def prepare(data_cfg: DictConfig) -> PreparedData:
         counts = (train.count(), val.count())
         for split, rows in zip(("train", "val"), counts, strict=True):
             if rows == 0:
-                raise ValueError(f"the {split} split is empty; adjust data.val_fraction")
+                raise DataError(f"the {split} split is empty; adjust data.val_fraction")
     return PreparedData(train, val, transform, source.label_column, num_classes, *counts)
 
 
@@ -190,16 +190,16 @@ def check_columns(table: ray.data.Dataset, source: TableSource) -> list[str]:
     wanted = [source.label_column] + (source.feature_columns or [])
     missing = [column for column in wanted if column not in types]
     if missing:
-        raise KeyError(
+        raise DataError(
             f"column(s) {', '.join(missing)} not found in the data; it has: "
             f"{', '.join(schema.names)}. Set data.source.feature_columns / label_column."
         )
     features = source.feature_columns or [c for c in schema.names if c != source.label_column]
     if not features:
-        raise ValueError(f"the data has no columns besides the label {source.label_column!r}")
+        raise DataError(f"the data has no columns besides the label {source.label_column!r}")
     not_numeric = [c for c in features if not _is_numeric(types[c])]
     if not_numeric:
-        raise TypeError(
+        raise DataError(
             f"feature column(s) {', '.join(not_numeric)} are not numeric "
             f"({', '.join(str(types[c]) for c in not_numeric)}); encode them first or leave "
             f"them out of data.source.feature_columns"
@@ -215,17 +215,17 @@ def check_labels(table: ray.data.Dataset, label_column: str, num_classes: int | 
     bad = sum(int(row["bad"]) for row in summaries)
     if bad:
         example = next(row["example"] for row in summaries if row["bad"])
-        raise ValueError(
+        raise DataError(
             f"label column {label_column!r} must hold integer class indices 0, 1, 2, ...; "
             f"{bad} row(s) do not, e.g. {example}. Map labels to indices first."
         )
     largest = max((int(row["max"]) for row in summaries if row["max"] >= 0), default=-1)
     if num_classes is None:
         if largest < 1:
-            raise ValueError(f"label column {label_column!r} needs at least two classes")
+            raise DataError(f"label column {label_column!r} needs at least two classes")
         return largest + 1
     if largest >= num_classes:
-        raise ValueError(
+        raise DataError(
             f"label column {label_column!r} holds the label {largest}, but "
             f"data.source.num_classes is {num_classes} (labels must be below it)"
         )

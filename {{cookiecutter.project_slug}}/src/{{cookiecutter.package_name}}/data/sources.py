@@ -22,6 +22,11 @@ class MissingDataError(CompactHydraException, FileNotFoundError):
     """A local data path does not exist (printed without a traceback)."""
 
 
+class DataError(CompactHydraException, ValueError):
+    """The data does not fit its config: a column missing or not numeric, labels that are not
+    class indices, a split too small (printed without a traceback)."""
+
+
 class TableSource:
     """A table of features and labels. Subclasses implement `read()`.
 
