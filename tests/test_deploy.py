@@ -362,9 +362,27 @@ def test_make_targets_parse(project) -> None:
 
 
 def submit_command(path: Path, *args: str) -> list[str]:
+    """The words of `make submit`'s command, the environment set before it included."""
     proc = make_dry_run(path, "submit", *args)
     assert proc.returncode == 0, proc.stderr
     return shlex.split(proc.stdout.replace("\\\n", " "))
+
+
+@pytest.mark.parametrize(
+    "auth,before",
+    [
+        (["RAY_AUTH_MODE=", "RAY_AUTH_TOKEN=secret"], ["RAY_AUTH_MODE=token"]),
+        (["RAY_AUTH_MODE=", "RAY_AUTH_TOKEN=", "RAY_AUTH_TOKEN_PATH=/no/such/token"], []),
+        (["RAY_AUTH_MODE=disabled", "RAY_AUTH_TOKEN=secret"], []),  # the user's choice stands
+    ],
+    ids=["token", "no-token", "disabled"],
+)
+def test_make_submit_sends_a_token_when_there_is_one(
+    project, auth: list[str], before: list[str]
+) -> None:
+    _, path = project
+    words = submit_command(path, *auth)
+    assert words[: words.index("ray")] == before
 
 
 def test_make_submit_ships_the_project_to_the_cluster(
@@ -374,7 +392,12 @@ def test_make_submit_ships_the_project_to_the_cluster(
     from ray.runtime_env import RuntimeEnv
 
     _, path = project
-    words = submit_command(path, "ARGS=model=cnn scaling=4gpu", "RAY_ADDRESS=http://head:8265")
+    words = submit_command(
+        path,
+        "ARGS=model=cnn scaling=4gpu",
+        "RAY_ADDRESS=http://head:8265",
+        "RAY_AUTH_MODE=disabled",
+    )
     assert words[:3] == ["ray", "job", "submit"]
     assert words[words.index("--address") + 1] == "http://head:8265"
     assert words[words.index("--working-dir") + 1] == "."

@@ -32,6 +32,10 @@ def compose_config(*overrides: str, output_dir: Path | None = None) -> DictConfi
 def ray_address() -> Iterator[str]:
     """Address of a 2-CPU Ray cluster shared by every test that needs one."""
     if not ray.is_initialized():
+        # Ray jobs on this cluster (`make submit`) run `python ...`: this interpreter, as a
+        # cluster's image would have the project's. Its processes inherit PATH as it is now.
+        bin_dir = str(Path(sys.executable).parent)
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
         # address="local": a fresh cluster for the tests, never one left running by `ray start`.
         ray.init(
             address="local",
