@@ -94,6 +94,12 @@ def test_fixed_values_pass_through_as_written() -> None:
     assert space.domains == {}
 
 
+def test_a_single_run_keeps_the_fixed_values_but_the_sweeps_and_hydras() -> None:
+    arguments = ["model=cnn", "search=asha", "search.num_samples=2", "hydra.sweep.dir=s", "+n=1"]
+    space = build([*arguments, "optimizer.lr=choice(0.1,0.2)"], {"search.x": 1, "seed": 3})
+    assert space.run_fixed == ["seed=3", "model=cnn", "+n=1"]
+
+
 def test_quoted_strings_and_commas_survive_a_round_trip() -> None:
     space = build(["+extra.tag=choice('a,b','c d',plain)"])
     values = set(sample(space.domains["+extra.tag"]))

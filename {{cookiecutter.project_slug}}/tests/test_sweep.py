@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import failure, run_train, start_train
+from .conftest import compose_config, failure, run_train, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +79,15 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
     assert results["best_value"] == float(best["final"])
     assert best["optimizer.lr"] in ("0.03", "0.01")
     assert results["best_params"] == {"optimizer.lr": float(best["optimizer.lr"])}
-    assert results["best_overrides"] == f"optimizer.lr={best['optimizer.lr']}"
-    assert f"python train.py optimizer.lr={best['optimizer.lr']}" in proc.stdout + proc.stderr
+    # The command printed for the best trial keeps the sweep's fixed overrides (not its search
+    # or Hydra settings), so it composes the configuration the trial trained with.
+    rerun = " ".join(["trainer.max_epochs=4", *SMALL, f"optimizer.lr={best['optimizer.lr']}"])
+    assert results["best_overrides"] == rerun
+    assert f"python train.py {rerun}" in proc.stdout + proc.stderr
+    trained = OmegaConf.load(tmp_path / best["trial"] / ".hydra" / "config.yaml")
+    again = compose_config(*rerun.split())
+    for group in ("model", "data", "optimizer", "trainer", "checkpoint", "seed"):
+        assert again[group] == trained[group], group
 
     # Every trial is a Hydra job with its own folder, config and TensorBoard logs.
     for row in rows:

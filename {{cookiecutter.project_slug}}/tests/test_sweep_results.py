@@ -73,6 +73,12 @@ def test_summary_names_the_best_and_the_failures_and_says_if_stopped(tmp_path: P
     text = format_summary(rows, rows[2], tmp_path, stopped=True)
     assert "4 trials (2 completed, 1 stopped early, 1 error)" in text
     assert "python train.py optimizer.lr=0.02 +x=d" in text
+    fixed = ["model=cnn", "+note=a b"]  # a sweep's fixed overrides (SearchSpace.run_fixed)
+    rerun = "model=cnn '+note=a b' optimizer.lr=0.02 +x=d"
+    assert f"python train.py {rerun}\n" in format_summary(rows, rows[2], tmp_path, fixed=fixed)
+    write_results(tmp_path, "train", rows, {}, "val_loss", "min", fixed=fixed)
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert results["best_overrides"] == rerun
     assert "trial 3 failed: ValueError: boom" in text
     assert text.startswith("Sweep stopped: 4 trials")
     assert format_summary(rows, rows[2], tmp_path).startswith("Sweep finished: 4 trials")

@@ -3,7 +3,7 @@
 import math
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,11 @@ class TrialSummary:
         return " ".join(
             shlex.quote(f"{key}={format_value(value)}") for key, value in self.params.items()
         )
+
+    def run_overrides(self, fixed: Sequence[str] = ()) -> str:
+        """The overrides that run this trial's configuration alone: the sweep's `fixed` ones
+        (as SearchSpace.run_fixed keeps them), then the sampled values; quoted for the shell."""
+        return " ".join([*(shlex.quote(line) for line in fixed), self.overrides]).strip()
 
     def as_row(self) -> dict[str, Any]:
         row = {key: value for key, value in asdict(self).items() if key != "params"}
@@ -135,8 +140,10 @@ def write_results(
     histories: dict[int, pd.DataFrame],
     metric: str,
     mode: str,
+    fixed: Sequence[str] = (),
 ) -> TrialSummary | None:
-    """Write optimization_results.yaml, trials.csv and the metric plot into `sweep_dir`."""
+    """Write optimization_results.yaml, trials.csv and the metric plot into `sweep_dir`
+    (`fixed`: the sweep's overrides that `best_overrides` repeats before the sampled ones)."""
     best = best_trial(rows, mode)
     pd.DataFrame([row.as_row() for row in rows]).to_csv(sweep_dir / TRIALS_FILE, index=False)
     results = {
@@ -144,7 +151,7 @@ def write_results(
         "metric": metric,
         "mode": mode,
         "best_params": best.params if best else {},
-        "best_overrides": best.overrides if best else "",
+        "best_overrides": best.run_overrides(fixed) if best else "",
         "best_value": best.final if best else None,
         "best_trial": best.trial if best else None,
         "best_output_dir": best.output_dir if best else None,
@@ -179,9 +186,14 @@ def plot(path: Path, rows: list[TrialSummary], histories: dict[int, pd.DataFrame
 
 
 def format_summary(
-    rows: list[TrialSummary], best: TrialSummary | None, sweep_dir: Path, stopped: bool = False
+    rows: list[TrialSummary],
+    best: TrialSummary | None,
+    sweep_dir: Path,
+    stopped: bool = False,
+    fixed: Sequence[str] = (),
 ) -> str:
-    """The few lines printed when a sweep ends (`stopped`: before all its trials finished)."""
+    """The few lines printed when a sweep ends (`stopped`: before all its trials finished;
+    `fixed`: as for write_results)."""
     statuses = [row.status for row in rows]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in STATUSES if s in statuses)
     lines = [
@@ -195,7 +207,7 @@ def format_summary(
         lines.append("No trial reported the metric.")
     else:
         lines.append(f"Best trial {best.trial}: {best.final:.6g} ({best.output_dir})")
-        lines.append(f"  python train.py {best.overrides}")
+        lines.append(f"  python train.py {best.run_overrides(fixed)}")
     lines.append(f"TensorBoard of every trial: tensorboard --logdir {sweep_dir}")
     return "\n".join(lines)
 

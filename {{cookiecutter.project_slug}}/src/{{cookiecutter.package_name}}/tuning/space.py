@@ -50,6 +50,9 @@ class SearchSpace:
     domains: dict[str, Any] = field(default_factory=dict)
     fixed: list[str] = field(default_factory=list)
     written: dict[str, str] = field(default_factory=dict)  # key -> its sweep override, as given
+    # The fixed overrides that a single run of a trial's configuration needs: all but the
+    # sweep's own (`search=...`, `search.*`) and Hydra's (`hydra.*`, `hydra/...`).
+    run_fixed: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """The swept keys as the user wrote them, for the log."""
@@ -115,9 +118,11 @@ def build(
     for override in parse(from_config) + overrides:
         key = override.get_key_element()
         if not override.is_sweep_override():
-            space.fixed.append(
-                override.input_line or f"{key}={override.get_value_element_as_str()}"
-            )
+            line = override.input_line or f"{key}={override.get_value_element_as_str()}"
+            space.fixed.append(line)
+            group = override.key_or_group
+            if not (override.is_hydra_override() or group.split(".")[0] == "search"):
+                space.run_fixed.append(line)
             continue
         if override.is_hydra_override():
             raise SearchSpaceError(

@@ -211,7 +211,13 @@ def run_sweep(
         early_stopping=scheduler is not None and not isinstance(scheduler, PopulationBasedTraining),
     )
     best = results.write_results(
-        sweep_dir, config.hydra.job.name, rows, histories, search.metric, search.mode
+        sweep_dir,
+        config.hydra.job.name,
+        rows,
+        histories,
+        search.metric,
+        search.mode,
+        fixed=space.run_fixed,
     )
     unfinished = [row for row in rows if row.status in ("interrupted", "not run")]
     # Trials Tune never created: the sweep was stopped (Ctrl-C) between two trials.
@@ -219,7 +225,7 @@ def run_sweep(
     if not monitor.stop_all():
         not_created = max(0, space.num_trials(num_samples) - len(rows))
     stopped = bool(unfinished or not_created)
-    log.info("\n%s", results.format_summary(rows, best, sweep_dir, stopped))
+    log.info("\n%s", results.format_summary(rows, best, sweep_dir, stopped, space.run_fixed))
     failed = [row for row in rows if row.status == "error"]
     if best is None and failed:
         raise SweepFailed(
