@@ -31,6 +31,7 @@ from {{ cookiecutter.package_name }}.checkpoints import CheckpointError, load, r
 from {{ cookiecutter.package_name }}.data import DigitsSource, Transform, load_transform
 from {{ cookiecutter.package_name }}.serving import launch
 from {{ cookiecutter.package_name }}.serving.app import AppArgs, build_app
+from {{ cookiecutter.package_name }}.serving.ingress import haproxy_binary, stop_orphaned_haproxy
 from {{ cookiecutter.package_name }}.serving.inputs import InvalidInput, check_finite, to_features
 from {{ cookiecutter.package_name }}.serving.launch import (
     IMPORT_PATH,
@@ -253,6 +254,33 @@ def test_without_haproxy_binary_serve_uses_its_python_proxy(
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in replica
 
 
+def test_an_haproxy_left_without_its_serve_is_stopped(tmp_path: Path) -> None:
+    binary = haproxy_binary()
+    if binary is None:
+        pytest.skip("Ray has no HAProxy binary on this platform")
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
+        f"frontend left\n  bind 127.0.0.1:{port}\n"
+    )
+    # Ray's HAProxy, its parent not a Serve HAProxyManager: as one whose Serve was killed.
+    left = subprocess.Popen([binary, "-db", "-f", str(config)], stderr=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:  # listening: it started
+            assert left.poll() is None and time.monotonic() < deadline, left.stderr.read()
+            time.sleep(0.1)
+        assert stop_orphaned_haproxy() == [left.pid]
+        assert left.wait(timeout=10) is not None
+        assert other.poll() is None  # any other process is left alone
+    finally:
+        for process in (left, other):
+            process.kill()
+            process.wait()
+
+
 def test_app_args_refuse_typos_and_two_ways_to_scale() -> None:
     with pytest.raises(ValueError, match="max_batch_sise"):
         AppArgs.model_validate({"checkpoint_path": "x", "max_batch_sise": 8})
@@ -374,6 +402,12 @@ def test_predict_returns_the_models_own_predictions(served: ServeCommand) -> Non
     nested = rows.reshape(16, *IMAGE)[:2].tolist()
     again = httpx.post(f"{served.url}/predict", json={"inputs": nested}, timeout=30).json()
     assert again["predictions"] == body["predictions"][:2]
+
+
+@pytest.mark.slow
+def test_a_serving_haproxy_is_not_taken_for_a_left_one(served: ServeCommand) -> None:
+    assert stop_orphaned_haproxy() == []  # the served app's HAProxy has its HAProxyManager
+    assert httpx.get(f"{served.url}/health", timeout=30).status_code == 200
 
 
 @pytest.mark.slow

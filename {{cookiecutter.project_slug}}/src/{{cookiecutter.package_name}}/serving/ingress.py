@@ -11,8 +11,14 @@ HAProxy it starts) gets them through `serve.start(controller_options=...)` or th
 runtime_env. A variable already set in this process's environment wins over the value here.
 """
 
+import logging
 import os
 import shutil
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
 
 # Replica: user code runs on the replica's own event loop, not on a second one in another thread.
 # Safe here: the forward pass runs in a thread (app.py), sync routes in FastAPI's thread pool.
@@ -58,3 +64,43 @@ def replica_env(haproxy: bool) -> dict[str, str]:
 
 def _unset(env: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in env.items() if name not in os.environ}
+
+
+def stop_orphaned_haproxy(timeout: float = 5.0) -> list[int]:
+    """Stop the HAProxy processes that an earlier Serve left running here; their pids.
+
+    Serve runs HAProxy as a child of its HAProxyManager actor. When a `serve=local` command's
+    whole process group is killed at once (its terminal closed, `timeout`, a scheduler's SIGTERM
+    to the job), Ray's processes die before Serve can stop HAProxy, which lives on without a
+    parent and holds serve.port and its stats ports: the next `serve=local` here then failed
+    with "HAProxy crashed during startup ... cannot bind socket (Address already in use)". Such
+    an HAProxy serves nothing (its replicas went with its cluster). One whose HAProxyManager is
+    alive (a Serve app on a cluster started with `ray start`) is left alone.
+    """
+    binary = haproxy_binary()
+    if binary is None:
+        return []
+    binary = str(Path(binary).resolve())
+    orphans = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = process.info["cmdline"] or []
+            if not cmdline or str(Path(cmdline[0]).resolve()) != binary:
+                continue
+            parent = process.parent()
+            if parent is not None and "HAProxyMan" in " ".join([parent.name(), *parent.cmdline()]):
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue  # gone meanwhile, or another user's
+        orphans.append(process)
+    for process in orphans:
+        log.warning(
+            "Stopping HAProxy (pid %d), left running by an earlier Serve whose Ray cluster is "
+            "gone; it holds the ports Serve needs.",
+            process.pid,
+        )
+        process.terminate()
+    _, alive = psutil.wait_procs(orphans, timeout=timeout)
+    for process in alive:
+        process.kill()
+    return [process.pid for process in orphans]

@@ -15,7 +15,7 @@ from ray import serve
 from ..checkpoints import CheckpointError, load, resolve
 from ..training import cluster
 from .app import AppArgs, build_app
-from .ingress import controller_env, haproxy_binary
+from .ingress import controller_env, haproxy_binary, stop_orphaned_haproxy
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ def serve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> None:
     args = app_args(cfg.serve, checkpoint_file)
     config_file = write_serve_config(serve_config(cfg.serve, args), cfg.paths.output_dir)
 
+    if args["haproxy"]:
+        stop_orphaned_haproxy()
     cluster.connect(cfg.ray)
     if not cfg.ray.autoscaling:
         _check_replica_fits(cfg.serve, args["resources_per_replica"])
