@@ -265,20 +265,21 @@ def test_an_haproxy_left_without_its_serve_is_stopped(tmp_path: Path) -> None:
         f"frontend left\n  bind 127.0.0.1:{port}\n"
     )
     # Ray's HAProxy, its parent not a Serve HAProxyManager: as one whose Serve was killed.
-    left = subprocess.Popen([binary, "-db", "-f", str(config)], stderr=subprocess.PIPE)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        deadline = time.monotonic() + 10
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:  # listening: it started
-            assert left.poll() is None and time.monotonic() < deadline, left.stderr.read()
-            time.sleep(0.1)
-        assert stop_orphaned_haproxy() == [left.pid]
-        assert left.wait(timeout=10) is not None
-        assert other.poll() is None  # any other process is left alone
-    finally:
-        for process in (left, other):
-            process.kill()
-            process.wait()
+    with (
+        subprocess.Popen([binary, "-db", "-f", str(config)], stderr=subprocess.PIPE) as left,
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other,
+    ):
+        try:
+            deadline = time.monotonic() + 10
+            while not listening(port):  # it started
+                assert left.poll() is None and time.monotonic() < deadline, left.stderr.read()
+                time.sleep(0.1)
+            assert stop_orphaned_haproxy() == [left.pid]
+            assert left.wait(timeout=10) is not None
+            assert other.poll() is None  # any other process is left alone
+        finally:
+            left.kill()
+            other.kill()
 
 
 def test_app_args_refuse_typos_and_two_ways_to_scale() -> None:
@@ -302,6 +303,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class ServeCommand:
