@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import ray
+from google.protobuf.json_format import MessageToDict
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from {{ cookiecutter.package_name }}.training.cluster import own_dashboard
 
@@ -60,19 +63,20 @@ def train_env(ray_address: str | None) -> dict[str, str]:
 
 
 def run_train(
-    *overrides: str, ray_address: str | None, timeout: float = 600
+    *overrides: str, ray_address: str | None, timeout: float = 600, cwd: Path = PROJECT_ROOT
 ) -> subprocess.CompletedProcess:
-    """Run `python train.py <overrides>` as a user would, and wait for it."""
-    return run_python("train.py", *overrides, ray_address=ray_address, timeout=timeout)
+    """Run `python train.py <overrides>` as a user would (from `cwd`), and wait for it."""
+    train_py = str(PROJECT_ROOT / "train.py")
+    return run_python(train_py, *overrides, ray_address=ray_address, timeout=timeout, cwd=cwd)
 
 
 def run_python(
-    *args: str, ray_address: str | None, timeout: float = 600
+    *args: str, ray_address: str | None, timeout: float = 600, cwd: Path = PROJECT_ROOT
 ) -> subprocess.CompletedProcess:
-    """Run `python <args>` in the project folder, on `ray_address` or its own cluster."""
+    """Run `python <args>` in `cwd` (the project folder), on `ray_address` or its own cluster."""
     return subprocess.run(
         [sys.executable, *args],
-        cwd=PROJECT_ROOT,
+        cwd=cwd,
         env=train_env(ray_address),
         capture_output=True,
         text=True,
@@ -89,6 +93,19 @@ def failure(proc: subprocess.CompletedProcess) -> str:
     starts = [found.start() for found in re.finditer(r"Traceback \(most recent call", errors)]
     parts = [errors[start : start + 3000] for start in starts[-2:]]
     return "\n...\n".join([*parts, errors[-2000:]])
+
+
+def tensorboard_hparams(log_dir: Path) -> tuple[dict, list[str]]:
+    """The hyperparameters and metric names a run shows in TensorBoard's HParams tab."""
+    content = (
+        EventAccumulator(str(log_dir)).Reload().PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    )
+    start = content[hparams_metadata.SESSION_START_INFO_TAG]
+    values = MessageToDict(hparams_metadata.parse_session_start_info_plugin_data(start))
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        content[hparams_metadata.EXPERIMENT_TAG]
+    )
+    return values["hparams"], [info.name.tag for info in experiment.metric_infos]
 
 
 def start_train(*overrides: str, ray_address: str | None) -> subprocess.Popen:

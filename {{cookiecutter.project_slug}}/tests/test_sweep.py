@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import compose_config, failure, run_train, start_train
+from .conftest import compose_config, failure, run_train, start_train, tensorboard_hparams
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +34,8 @@ def reports(sweep_dir: Path, trial: str) -> list[dict]:
 def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_path: Path) -> None:
     # Two good and two hopeless learning rates, one trial at a time, in the order given: by the
     # time a hopeless trial reports its first epoch, a good one has, so ASHA must cut it.
+    # Run from another folder with the default, relative results folder, as a user would: the
+    # trials' folders must land under it (Tune runs each trial in a working folder of its own).
     proc = run_train(
         "-m",
         "search=asha",
@@ -42,14 +44,15 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         "trainer.max_epochs=4",
         *SMALL,
         "optimizer.lr=0.03,1e-7,0.01,1e-6",
-        f"hydra.sweep.dir={tmp_path}",
         ray_address=ray_address,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, failure(proc)
+    [sweep_dir] = tmp_path.glob("*/sweeps/*/*")
     # Stopping trials, the last one too, is routine: no tracebacks, no warnings about settings.
     assert "Traceback" not in proc.stderr
     assert "max_concurrent_trials` will be ignored" not in proc.stderr
-    rows = trials(tmp_path)
+    rows = trials(sweep_dir)
     assert len(rows) == 4
     assert all(row["status"] in ("completed", "stopped early") for row in rows)
     # Trials run in order, so a good one reaches each rung first: every hopeless trial is cut at
@@ -59,22 +62,24 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
     assert all(row["status"] == "stopped early" and row["epochs"] == "1" for row in hopeless)
     for row in hopeless:
         # The epoch Tune saw reached TensorBoard before the stopped trial's process ended.
-        events = EventAccumulator(str(tmp_path / row["trial"] / "tensorboard")).Reload()
+        events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
         assert len(events.Scalars("val_loss")) >= 1
     assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "4"
     # A trial that ran to its last epoch wrote its summary; one stopped early did not.
     for row in rows:
-        summary = tmp_path / row["trial"] / "result.json"
+        summary = sweep_dir / row["trial"] / "result.json"
         if row["status"] == "completed":
             assert json.loads(summary.read_text())["metrics"]["epoch"] == 3
         else:
             assert not summary.exists()
     # max_concurrent_trials=1: each trial starts after the one before has sent its last report.
-    started = [(tmp_path / row["trial"] / ".hydra" / "config.yaml").stat().st_mtime for row in rows]
-    last_report = [reports(tmp_path, row["trial"])[-1]["timestamp"] for row in rows]
+    started = [
+        (sweep_dir / row["trial"] / ".hydra" / "config.yaml").stat().st_mtime for row in rows
+    ]
+    last_report = [reports(sweep_dir, row["trial"])[-1]["timestamp"] for row in rows]
     assert all(started[k + 1] >= last_report[k] for k in range(len(rows) - 1))
 
-    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     best = min(rows, key=lambda row: float(row["final"]))
     assert results["best_value"] == float(best["final"])
     assert best["optimizer.lr"] in ("0.03", "0.01")
@@ -84,18 +89,21 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
     rerun = " ".join(["trainer.max_epochs=4", *SMALL, f"optimizer.lr={best['optimizer.lr']}"])
     assert results["best_overrides"] == rerun
     assert f"python train.py {rerun}" in proc.stdout + proc.stderr
-    trained = OmegaConf.load(tmp_path / best["trial"] / ".hydra" / "config.yaml")
+    trained = OmegaConf.load(sweep_dir / best["trial"] / ".hydra" / "config.yaml")
     again = compose_config(*rerun.split())
     for group in ("model", "data", "optimizer", "trainer", "checkpoint", "seed"):
         assert again[group] == trained[group], group
 
-    # Every trial is a Hydra job with its own folder, config and TensorBoard logs.
+    # Every trial is a Hydra job with its own folder, config and TensorBoard logs, where the
+    # HParams tab compares the trials: each lists its learning rate and how far it got.
     for row in rows:
-        job = tmp_path / row["trial"]
+        job = sweep_dir / row["trial"]
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        assert any(o.startswith("optimizer.lr=") for o in overrides)
-        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
-    assert (tmp_path / "metric_per_epoch.png").stat().st_size > 10_000
+        assert f"optimizer.lr={row['optimizer.lr']}" in overrides
+        hyperparameters, metrics = tensorboard_hparams(job / "tensorboard")
+        assert hyperparameters["optimizer.lr"] == float(row["optimizer.lr"])
+        assert {"val_loss", "epoch"} <= set(metrics)
+    assert (sweep_dir / "metric_per_epoch.png").stat().st_size > 10_000
 
 
 def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from {{ cookiecutter.package_name }}.models import METRICS
 from {{ cookiecutter.package_name }}.training import cluster, train
 
-from .conftest import compose_config, failure, run_python, run_train
+from .conftest import compose_config, failure, run_python, run_train, tensorboard_hparams
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,15 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     val_loss = events.Scalars("val_loss")
     assert [event.step for event in val_loss] and len(val_loss) == 2
+    # TensorBoard's HParams tab lists the run's settings beside its real metrics, and no
+    # "hp_metric" placeholder.
+    hyperparameters, metrics = tensorboard_hparams(run_dir / "tensorboard")
+    assert hyperparameters["optimizer.lr"] == 1e-3
+    assert hyperparameters["model._target_"].endswith("MLP")
+    assert hyperparameters["trainer.max_epochs"] == 2
+    assert hyperparameters["seed"] == 42
+    assert {"val_acc", "val_loss", "epoch"} <= set(metrics)
+    assert "hp_metric" not in events.Tags()["scalars"]
 
 
 def test_a_print_in_a_worker_shows_once(ray_address: str) -> None:

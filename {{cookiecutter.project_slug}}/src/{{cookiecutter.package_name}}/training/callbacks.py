@@ -2,10 +2,13 @@
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import ray.train
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
 
 from ..checkpoints import CHECKPOINT_FILE
 from ..data.preprocessing import CHECKPOINT_KEY
@@ -58,3 +61,40 @@ class SaveDataState(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[CHECKPOINT_KEY] = self.state
+
+
+class HyperparametersToTensorBoard(L.Callback):
+    """Show the run's settings in TensorBoard's HParams tab, beside its last `metrics`.
+
+    The tab then compares a sweep's trials (learning rate against val_acc, for instance). Only the
+    metric names are written here: TensorBoard reads their values from the run's own curves, so a
+    trial that a sweep stops early shows the epoch it reached. `hyperparameters` holds plain
+    values (str, int, float, bool), as `flat_hyperparameters` makes them.
+    """
+
+    def __init__(self, hyperparameters: dict[str, Any], metrics: Sequence[str]) -> None:
+        self.summaries = hparams(hyperparameters, dict.fromkeys(metrics, 0.0))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                writer = logger.experiment._get_file_writer()  # as Lightning's log_hyperparams
+                for summary in self.summaries:
+                    writer.add_summary(summary)
+
+
+def flat_hyperparameters(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`settings` with nested keys joined by dots. Lists become strings; a None is kept, and
+    TensorBoard leaves it out."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_hyperparameters(value, f"{name}."))
+        elif value is None or isinstance(value, str | bool | int | float):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat

@@ -19,8 +19,19 @@ from .. import teardown
 from ..checkpoints import CHECKPOINT_FILE
 from ..data.loader import ShardBatches
 from ..data.pipeline import hide_progress_notice
-from ..models import Classifier, build_net
-from .callbacks import RayReportCallback, SaveDataState
+from ..models import METRICS, Classifier, build_net
+from .callbacks import (
+    HyperparametersToTensorBoard,
+    RayReportCallback,
+    SaveDataState,
+    flat_hyperparameters,
+)
+
+# What TensorBoard's HParams tab lists for a run: the settings a sweep varies, and every metric
+# Lightning writes to TensorBoard (all but the step, which is each point's x); the epoch column
+# shows how far a trial that a sweep stopped got.
+HYPERPARAMETER_GROUPS = ("model", "data", "optimizer", "trainer")
+TENSORBOARD_METRICS = tuple(name for name in METRICS if name != "step")
 
 
 def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
@@ -32,6 +43,18 @@ def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int)
         "num_classes": int(num_classes),
     }
     return Classifier(net=net, optimizer=instantiate(cfg.optimizer), architecture=architecture)
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The run's seed, worker count and model, data, optimizer and trainer settings, flat."""
+    settings = {
+        group: OmegaConf.to_container(cfg[group], resolve=True) for group in HYPERPARAMETER_GROUPS
+    }
+    settings["seed"] = cfg.seed
+    settings["scaling"] = {"num_workers": cfg.scaling.num_workers}
+    # Each `_target_` names the class (MLP or CNN, Adam or SGD); `_partial_` says nothing.
+    flat = flat_hyperparameters(settings)
+    return {name: value for name, value in flat.items() if not name.endswith("._partial_")}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -72,8 +95,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         callbacks=[
             RayReportCallback(cfg.checkpoint.every_n_epochs),
             SaveDataState(OmegaConf.to_container(info.checkpoint_state)),
+            HyperparametersToTensorBoard(hyperparameters(cfg), TENSORBOARD_METRICS),
         ],
-        logger=TensorBoardLogger(save_dir=cfg.logger.save_dir, name="", version=""),
+        # No "hp_metric" placeholder (-1 in every run): HyperparametersToTensorBoard names the
+        # real metrics.
+        logger=TensorBoardLogger(
+            save_dir=cfg.logger.save_dir, name="", version="", default_hp_metric=False
+        ),
         enable_checkpointing=False,
     )
     if world_size > 1:

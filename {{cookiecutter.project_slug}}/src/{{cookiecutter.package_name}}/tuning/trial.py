@@ -75,9 +75,17 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     if context.data is not None:
         reuse_prepared(context.config.data, context.data)
     number = job_number(tune.get_context().get_trial_dir())
+    # Tune starts each trial in a working folder of its own. Work where the sweep was started,
+    # so that relative paths (the default results folder, a data file, a checkpoint) mean what
+    # they mean in the sweep's command, as in Hydra's own launcher.
+    launch_dir = context.config.hydra.runtime.cwd
+    if os.path.isdir(launch_dir):  # not on another machine of a cluster
+        os.chdir(launch_dir)
     overrides = context.space.trial_overrides(sampled)
     config = context.hydra_context.config_loader.load_sweep_config(context.config, overrides)
     with open_dict(config):
+        config.hydra.runtime.cwd = launch_dir  # hydra.utils.get_original_cwd(), on any machine
+        config.hydra.sweep.dir = context.config.hydra.sweep.dir  # made absolute by run_sweep
         config.hydra.job.id = number
         config.hydra.job.num = number
         restart = tune.get_checkpoint()
