@@ -233,3 +233,8 @@ def test_missing_or_text_columns_are_named(ray_address: str, tmp_path: Path) -> 
         )
     with pytest.raises(DataError, match=r"feature column\(s\) word are not numeric"):
         prepare(file_config(path, "csv", "data.source.label_column=y"))
+    # A wide table's columns are not all listed: the message stays a line.
+    wide = tmp_path / "wide.csv"
+    pd.DataFrame({f"pixel_{k}": [0.0, 1.0] for k in range(64)}).to_csv(wide, index=False)
+    with pytest.raises(DataError, match=r"it has: pixel_0, .*, pixel_7, \.\.\. \(64 in all\)\."):
+        prepare(file_config(wide, "csv"))

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .preprocessing import ToExamples, Transform, fit_transform
-from .sources import DataError, TableSource
+from .sources import DataError, TableSource, columns
 from .split import train_val_split
 
 
@@ -191,8 +191,8 @@ def check_columns(table: ray.data.Dataset, source: TableSource) -> list[str]:
     missing = [column for column in wanted if column not in types]
     if missing:
         raise DataError(
-            f"column(s) {', '.join(missing)} not found in the data; it has: "
-            f"{', '.join(schema.names)}. Set data.source.feature_columns / label_column."
+            f"column(s) {columns(missing)} not found in the data; it has: "
+            f"{columns(schema.names)}. Set data.source.feature_columns / label_column."
         )
     features = source.feature_columns or [c for c in schema.names if c != source.label_column]
     if not features:
@@ -200,8 +200,8 @@ def check_columns(table: ray.data.Dataset, source: TableSource) -> list[str]:
     not_numeric = [c for c in features if not _is_numeric(types[c])]
     if not_numeric:
         raise DataError(
-            f"feature column(s) {', '.join(not_numeric)} are not numeric "
-            f"({', '.join(str(types[c]) for c in not_numeric)}); encode them first or leave "
+            f"feature column(s) {columns(not_numeric)} are not numeric "
+            f"({columns([str(types[c]) for c in not_numeric])}); encode them first or leave "
             f"them out of data.source.feature_columns"
         )
     return features

@@ -21,7 +21,7 @@ from ..checkpoints import load, resolve
 from ..config import ConfigError, validate
 from ..training import cluster
 from .pipeline import build_source
-from .sources import DataError, is_uri, resolve_path
+from .sources import DataError, columns, is_uri, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     missing = [c for c in transform.feature_columns if c not in table.schema().names]
     if missing:
         raise DataError(
-            f"the checkpoint's model needs the feature column(s) {', '.join(missing)}, which the "
-            f"data to score does not have; it has: {', '.join(table.schema().names)}"
+            f"the checkpoint's model needs the feature column(s) {columns(missing)}, which the "
+            f"data to score does not have; it has: {columns(table.schema().names)}"
         )
     scored = table.map_batches(
         Scorer,

@@ -27,6 +27,13 @@ class DataError(CompactHydraException, ValueError):
     class indices, a split too small (printed without a traceback)."""
 
 
+def columns(names: list[str], shown: int = 8) -> str:
+    """`names` for a message: the first `shown` of a long list, then how many there are."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, ... ({len(names)} in all)"
+
+
 class TableSource:
     """A table of features and labels. Subclasses implement `read()`.
 
