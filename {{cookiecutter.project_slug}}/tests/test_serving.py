@@ -89,9 +89,9 @@ def test_values_that_overflow_after_preprocessing_are_refused() -> None:
 # ---- Checkpoints -------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model: str = "mlp", **changes) -> Path:
+def save_checkpoint(path: Path, *overrides: str, **changes) -> Path:
     """A checkpoint in the layout training writes: weights, `architecture`, data `transform`."""
-    classifier = build_model(compose_config(f"model={model}"), IMAGE, 10)
+    classifier = build_model(compose_config(*overrides), IMAGE, 10)
     columns = [f"pixel_{i}" for i in range(64)]
     transform = Transform(tuple(columns), IMAGE, mean=(0.25,) * 64, std=(0.5,) * 64)
     checkpoint = {
@@ -107,7 +107,7 @@ def save_checkpoint(path: Path, model: str = "mlp", **changes) -> Path:
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_checkpoint_rebuilds_the_trained_network(tmp_path: Path, model: str) -> None:
-    file = save_checkpoint(tmp_path / "checkpoint.ckpt", model)
+    file = save_checkpoint(tmp_path / "checkpoint.ckpt", f"model={model}")
     loaded = load(file)
     saved = torch.load(file, weights_only=True)
     classifier = build_model(compose_config(f"model={model}"), IMAGE, 10)
@@ -117,6 +117,17 @@ def test_checkpoint_rebuilds_the_trained_network(tmp_path: Path, model: str) -> 
     assert loaded.model_name == model.upper()
     assert (loaded.input_shape, loaded.num_classes) == (IMAGE, 10)
     assert loaded.transform == load_transform(saved)
+
+
+def test_a_cnn_checkpoint_from_before_pooled_size_still_loads(tmp_path: Path) -> None:
+    # That CNN averaged its last features over the whole image (pooled_size 1), and its saved
+    # model config has no pooled_size.
+    file = save_checkpoint(tmp_path / "checkpoint.ckpt", "model=cnn", "model.pooled_size=1")
+    saved = torch.load(file, weights_only=True)
+    del saved["hyper_parameters"]["architecture"]["model"]["pooled_size"]
+    torch.save(saved, file)
+    head = load(file).net[-1]
+    assert head.in_features == 64  # the last block's 64 channels, one average each
 
 
 def test_checkpoint_found_from_file_checkpoint_folder_or_run_folder(tmp_path: Path) -> None:
