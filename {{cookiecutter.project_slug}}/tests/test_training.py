@@ -1,6 +1,7 @@
 """Real training under Ray Train on the shared CPU cluster: outputs, reproducibility, fail-fast."""
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -57,6 +58,37 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     assert hyperparameters["seed"] == 42
     assert {"val_acc", "val_loss", "epoch"} <= set(metrics)
     assert "hp_metric" not in events.Tags()["scalars"]
+
+
+def test_relative_storage_and_resume_paths_are_read_where_train_py_runs(
+    ray_address: str, tmp_path: Path
+) -> None:
+    # Relative to where train.py runs, not to the folder Ray runs its workers in.
+    small = ["data=synthetic", "data.source.num_samples=256"]
+    proc = run_train(
+        "trainer.max_epochs=1",
+        *small,
+        "paths.storage_path=storage",
+        "hydra.run.dir=first",
+        ray_address=ray_address,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, failure(proc)
+    best = Path(json.loads((tmp_path / "first" / "result.json").read_text())["best_checkpoint"])
+    assert best.parent == tmp_path / "storage" / "ray_train"
+    shutil.copy(best / "checkpoint.ckpt", tmp_path / "last.ckpt")
+    proc = run_train(
+        "trainer.max_epochs=2",
+        *small,
+        "resume_from=last.ckpt",
+        "hydra.run.dir=second",
+        ray_address=ray_address,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, failure(proc)
+    assert json.loads((tmp_path / "second" / "result.json").read_text())["metrics"]["epoch"] == 1
+    events = EventAccumulator(str(tmp_path / "second" / "tensorboard")).Reload()
+    assert len(events.Scalars("val_loss")) == 1  # only the epoch left to train
 
 
 def test_a_print_in_a_worker_shows_once(ray_address: str) -> None:

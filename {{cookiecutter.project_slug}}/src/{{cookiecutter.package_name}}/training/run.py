@@ -10,7 +10,7 @@ import ray
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -18,6 +18,7 @@ from .. import teardown
 from ..checkpoints import RESULT_FILE, CheckpointError
 from ..config import ConfigError, first_line, validate
 from ..data import build_source, prepare_reusing
+from ..data.sources import resolve_path
 from ..models import build_net
 from ..tuning import reporting
 from . import cluster
@@ -49,7 +50,7 @@ def scaling_config(scaling: DictConfig) -> ScalingConfig:
 def run_config(cfg: DictConfig, callbacks: list | None = None) -> RunConfig:
     return RunConfig(
         name=cfg.run_name,
-        storage_path=cfg.paths.storage_path,
+        storage_path=resolve_path(cfg.paths.storage_path),  # Ray takes no relative path
         checkpoint_config=CheckpointConfig(
             num_to_keep=cfg.checkpoint.num_to_keep,
             checkpoint_score_attribute=cfg.checkpoint.metric,
@@ -117,6 +118,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     """A TorchTrainer for `cfg`, checked against the cluster it will run on."""
     validate(cfg)
     if cfg.get("resume_from"):
+        with open_dict(cfg):  # workers run in a folder of Ray's: they get the path from here
+            cfg.resume_from = resolve_path(cfg.resume_from)
         done = trained_epochs(cfg.resume_from)
         if done >= cfg.trainer.max_epochs:
             raise ConfigError(
