@@ -60,7 +60,7 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     assert "hp_metric" not in events.Tags()["scalars"]
 
 
-def test_relative_storage_and_resume_paths_are_read_where_train_py_runs(
+def test_relative_paths_mean_the_folder_train_py_runs_from(
     ray_address: str, tmp_path: Path
 ) -> None:
     # Relative to where train.py runs, not to the folder Ray runs its workers in.
@@ -81,13 +81,14 @@ def test_relative_storage_and_resume_paths_are_read_where_train_py_runs(
         "trainer.max_epochs=2",
         *small,
         "resume_from=last.ckpt",
+        "logger.save_dir=tensorboard",
         "hydra.run.dir=second",
         ray_address=ray_address,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, failure(proc)
     assert json.loads((tmp_path / "second" / "result.json").read_text())["metrics"]["epoch"] == 1
-    events = EventAccumulator(str(tmp_path / "second" / "tensorboard")).Reload()
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert len(events.Scalars("val_loss")) == 1  # only the epoch left to train
 
 

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     check_model(cfg.model, data.input_shape, data.num_classes, forward=not cfg.scaling.use_gpu)
     loop_config = OmegaConf.to_container(cfg, resolve=True)
     loop_config["data_info"] = data.worker_info()
+    loop_config["launch_dir"] = os.getcwd()
     return TorchTrainer(
         run_worker,
         train_loop_config=loop_config,

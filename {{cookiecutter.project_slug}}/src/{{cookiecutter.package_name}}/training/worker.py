@@ -60,6 +60,10 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every worker. `config` is the run's resolved config as plain containers."""
     cfg = OmegaConf.create(config)
+    # Ray Train starts each worker in a folder of its own: relative paths (a logger.save_dir, a
+    # file your model reads) mean here what they mean to train.py, as in a plain script.
+    if os.path.isdir(cfg.launch_dir):  # not on another machine of a cluster
+        os.chdir(cfg.launch_dir)
     # Lightning's start-up notices, once per worker, drown the run's own log.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     threads = cfg.scaling.get("threads_per_worker")
