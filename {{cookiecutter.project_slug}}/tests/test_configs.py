@@ -17,6 +17,7 @@ GROUPS = [
     "trainer",
     "checkpoint",
     "logger",
+    "callbacks",
     "scaling",
     "search",
     "serve",

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from {{ cookiecutter.package_name }}.models import METRICS
@@ -90,6 +91,29 @@ def test_relative_paths_mean_the_folder_train_py_runs_from(
     assert json.loads((tmp_path / "second" / "result.json").read_text())["metrics"]["epoch"] == 1
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert len(events.Scalars("val_loss")) == 1  # only the epoch left to train
+
+
+def test_early_stopping_ends_the_run_and_checkpoints_its_last_epoch(
+    ray_address: str, tmp_path: Path
+) -> None:
+    # No epoch improves val_loss by 10: the run stops after its first two (patience 1), long
+    # before max_epochs and before checkpoint.every_n_epochs would have saved anything.
+    proc = run_train(
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=10",
+        "trainer.max_epochs=20",
+        "checkpoint.every_n_epochs=5",
+        "data=synthetic",
+        "data.source.num_samples=256",
+        f"hydra.run.dir={tmp_path}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode == 0, failure(proc)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["metrics"]["epoch"] == 1
+    assert result["best_checkpoint"] is not None
+    assert torch.load(Path(result["best_checkpoint"]) / "checkpoint.ckpt")["epoch"] == 1
 
 
 def test_a_print_in_a_worker_shows_once(ray_address: str) -> None:

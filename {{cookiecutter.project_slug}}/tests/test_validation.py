@@ -30,6 +30,14 @@ BAD = [
     (["search=asha", "search.shuffle_grid=maybe"], "search.shuffle_grid must be true or false"),
     (["checkpoint.metric=val_accuracy"], "checkpoint.metric must be a metric every epoch reports"),
     (["search=asha", "search.metric=val_accc"], "search.metric must be a metric every epoch"),
+    (
+        ["callbacks=early_stopping", "callbacks.early_stopping.monitor=val_los"],
+        "callbacks.early_stopping.monitor must be a metric every epoch reports",
+    ),
+    (
+        ["callbacks=early_stopping", "+callbacks.early_stopping.patiense=5"],
+        "callbacks.early_stopping.patiense is not a parameter of",
+    ),
 ]
 
 
@@ -56,6 +64,7 @@ def test_all_problems_are_listed_together() -> None:
         "search=pbt",
         "data=synthetic",
         "experiment=example",
+        "callbacks=early_stopping",
     ],
 )
 def test_shipped_configs_are_valid(group: str) -> None:

@@ -98,7 +98,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming every problem in `cfg` (the composed config of train.py)."""
     problems = [*_missing(cfg), *_schemas(cfg)]
     if not problems:  # values are only meaningful once their types are right
-        problems += _rules(cfg)
+        problems += _rules(cfg) + _monitors(cfg)
         checked = {problem.split(" ", 1)[0] for problem in problems}
         problems += [
             problem
@@ -151,6 +151,18 @@ def _rules(cfg: DictConfig) -> list[str]:
         if not ok:
             problems.append(f"{key} must be {expected}, got {value!r}")
     return problems
+
+
+def _monitors(cfg: DictConfig) -> list[str]:
+    """Callbacks that watch a metric (EarlyStopping's `monitor`) must name a reported one."""
+    callbacks = cfg.get("callbacks") or {}
+    return [
+        f"callbacks.{name}.monitor must be {_REPORTED}, got {callback.monitor!r}"
+        for name, callback in callbacks.items()
+        if isinstance(callback, DictConfig)
+        and "monitor" in callback
+        and callback.monitor not in METRICS
+    ]
 
 
 def _targets(node: Any, key: str = "") -> Iterator[tuple[str, DictConfig]]:

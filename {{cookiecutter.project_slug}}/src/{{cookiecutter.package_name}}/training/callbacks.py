@@ -18,7 +18,10 @@ class RayReportCallback(L.Callback):
     """Report metrics to Ray Train every epoch, and a checkpoint every `every_n_epochs`.
 
     Ray's stock `RayTrainReportCallback` checkpoints every epoch, which made a small run ten
-    times slower; metrics alone are cheap. The last epoch is always checkpointed.
+    times slower; metrics alone are cheap. The last epoch is always checkpointed, also when a
+    callback ends the run early, if it decides by the end of validation (Lightning runs
+    EarlyStopping's end-of-epoch check after this callback: callbacks/early_stopping.yaml sets
+    `check_on_train_epoch_end: false`).
     """
 
     def __init__(self, every_n_epochs: int = 1) -> None:
@@ -31,7 +34,10 @@ class RayReportCallback(L.Callback):
         metrics = {name: value.item() for name, value in trainer.callback_metrics.items()}
         metrics["epoch"] = epoch
         metrics["step"] = trainer.global_step
-        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        # The run's last epoch: max_epochs reached, or a callback (EarlyStopping) stops it now.
+        last = trainer.should_stop or (
+            trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        )
         for logger in trainer.loggers:
             # To disk now: a sweep may stop this run (ending its process) after this report.
             logger.save()

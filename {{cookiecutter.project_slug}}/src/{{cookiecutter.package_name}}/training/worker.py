@@ -100,6 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             RayReportCallback(cfg.checkpoint.every_n_epochs),
             SaveDataState(OmegaConf.to_container(info.checkpoint_state)),
             HyperparametersToTensorBoard(hyperparameters(cfg), TENSORBOARD_METRICS),
+            *(instantiate(callback) for callback in cfg.callbacks.values()),
         ],
         # No "hp_metric" placeholder (-1 in every run): HyperparametersToTensorBoard names the
         # real metrics.
