@@ -16,6 +16,9 @@ from .conftest import compose_config, failure, run_python, run_train, tensorboar
 
 pytestmark = pytest.mark.slow
 
+# A few batches of synthetic rows: enough for runs whose point is not the model.
+SMALL_DATA = ["data=synthetic", "data.source.num_samples=256"]
+
 
 def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     ray_address: str, tmp_path: Path
@@ -65,10 +68,9 @@ def test_relative_paths_mean_the_folder_train_py_runs_from(
     ray_address: str, tmp_path: Path
 ) -> None:
     # Relative to where train.py runs, not to the folder Ray runs its workers in.
-    small = ["data=synthetic", "data.source.num_samples=256"]
     proc = run_train(
         "trainer.max_epochs=1",
-        *small,
+        *SMALL_DATA,
         "paths.storage_path=storage",
         "hydra.run.dir=first",
         ray_address=ray_address,
@@ -80,7 +82,7 @@ def test_relative_paths_mean_the_folder_train_py_runs_from(
     shutil.copy(best / "checkpoint.ckpt", tmp_path / "last.ckpt")
     proc = run_train(
         "trainer.max_epochs=2",
-        *small,
+        *SMALL_DATA,
         "resume_from=last.ckpt",
         "logger.save_dir=tensorboard",
         "hydra.run.dir=second",
@@ -104,8 +106,7 @@ def test_early_stopping_ends_the_run_and_checkpoints_its_last_epoch(
         "callbacks.early_stopping.min_delta=10",
         "trainer.max_epochs=20",
         "checkpoint.every_n_epochs=5",
-        "data=synthetic",
-        "data.source.num_samples=256",
+        *SMALL_DATA,
         f"hydra.run.dir={tmp_path}",
         ray_address=ray_address,
     )
