@@ -5,15 +5,19 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from {{ cookiecutter.package_name }}.models import build_model
+from {{ cookiecutter.package_name }}.tasks import Classification
 from {{ cookiecutter.package_name }}.training.run import scaling_config
-from {{ cookiecutter.package_name }}.training.worker import build_model
+from {{ cookiecutter.package_name }}.training.worker import build_module
 
 from .conftest import CONFIG_DIR, compose_config
 
 GROUPS = [
     "model",
+    "task",
     "data",
     "optimizer",
+    "scheduler",
     "trainer",
     "checkpoint",
     "logger",
@@ -49,7 +53,8 @@ def test_every_option_composes(group: str, option: str) -> None:
         else:
             assert cfg[key] == value
     # Everything outside Hydra's run-time paths resolves.
-    for key in ("model", "data", "optimizer", "trainer", "scaling", "search", "serve"):
+    groups = ("model", "task", "data", "optimizer", "scheduler", "trainer", "scaling", "search")
+    for key in (*groups, "serve"):
         OmegaConf.to_container(cfg[key], resolve=True)
 
 
@@ -73,15 +78,16 @@ def test_models_build_for_digits(model: str) -> None:
 
     cfg = compose_config(f"model={model}", "data=digits")
     source = instantiate(cfg.data.source)
-    net = build_model(cfg, source.input_shape, source.num_classes)
-    logits = net(torch.zeros(3, *source.input_shape))
+    module, kind = build_module(cfg, Classification(source.num_classes), source.input_shape)
+    assert kind == "network"  # a plain network, trained by TaskModule for the task
+    logits = module(torch.zeros(3, *source.input_shape))
     assert logits.shape == (3, 10)
 
 
 def test_cnn_on_flat_features_says_why() -> None:
     cfg = compose_config("model=cnn", "data=synthetic")
     with pytest.raises(InstantiationException, match="model=cnn needs image inputs"):
-        build_model(cfg, (32,), 10)
+        build_model(cfg.model, (32,), 10)
 
 
 @pytest.mark.parametrize("preset", options("scaling"))
@@ -97,7 +103,7 @@ def test_scaling_presets_map_to_ray(preset: str) -> None:
 
 def test_sizes_come_from_config() -> None:
     cfg = compose_config("model=mlp", "model.hidden_dim=17", "model.num_layers=3")
-    net = build_model(cfg, (64,), 10).net
+    net = build_module(cfg, Classification(10), (64,))[0].net
     widths = [layer.out_features for layer in net if hasattr(layer, "out_features")]
     assert widths == [17, 17, 17, 10]
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from {{ cookiecutter.package_name }}.checkpoints import PROJECT_KEY
 from {{ cookiecutter.package_name }}.data import (
     DataError,
     DigitsSource,
     ParquetSource,
+    PreparedData,
     SyntheticSource,
     Transform,
     load_transform,
@@ -19,8 +21,9 @@ from {{ cookiecutter.package_name }}.data import (
     prepare_reusing,
     reuse_prepared,
 )
-from {{ cookiecutter.package_name }}.data.preprocessing import feature_moments
+from {{ cookiecutter.package_name }}.data.preprocessing import feature_moments, inputs_from_state
 from {{ cookiecutter.package_name }}.data.split import is_validation
+from {{ cookiecutter.package_name }}.tasks import Classification
 
 from .conftest import compose_config, run_train
 
@@ -30,7 +33,11 @@ def digits_frame() -> pd.DataFrame:
 
 
 def file_config(path: Path, fmt: str, *overrides: str) -> DictConfig:
-    return compose_config(f"data={fmt}", f"data.source.path={path}", *overrides).data
+    return compose_config(f"data={fmt}", f"data.source.path={path}", *overrides)
+
+
+def prepare_config(cfg: DictConfig) -> PreparedData:
+    return prepare(cfg.data, cfg.task)
 
 
 def collect(dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -73,14 +80,19 @@ def test_split_is_seeded_and_independent_of_how_rows_are_cut() -> None:
 
 def test_transform_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
     transform = Transform(("a", "b"), (2,), mean=(1.0, -2.0), std=(2.0, 0.5))
-    torch.save({"data": transform.state()}, tmp_path / "checkpoint.ckpt")
-    loaded = load_transform(torch.load(tmp_path / "checkpoint.ckpt", weights_only=True))
+    torch.save({PROJECT_KEY: {"inputs": transform.state()}}, tmp_path / "checkpoint.ckpt")
+    saved = torch.load(tmp_path / "checkpoint.ckpt", weights_only=True)
+    assert saved[PROJECT_KEY]["inputs"]["kind"] == "table"
+    loaded = inputs_from_state(saved[PROJECT_KEY]["inputs"])
     rows = np.array([[3, -2], [1, -1.5]])
     assert loaded == transform
     assert np.array_equal(loaded(rows), np.array([[1, 0], [0, 1]], dtype=np.float32))
     assert loaded(rows).dtype == np.float32
     with pytest.raises(ValueError, match="expected rows of 2 features"):
         loaded(np.zeros((2, 3)))
+    # Checkpoints written before tasks existed keep it under `data`, without a kind.
+    old = {key: value for key, value in transform.state().items() if key != "kind"}
+    assert load_transform({"data": old}) == transform
     with pytest.raises(KeyError, match="no 'data' entry"):
         load_transform({"state_dict": {}})
 
@@ -88,7 +100,7 @@ def test_transform_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
 def test_text_labels_are_counted_as_bad_whatever_their_pandas_type() -> None:
     import pyarrow as pa
 
-    from {{ cookiecutter.package_name }}.data.pipeline import _label_summary
+    from {{ cookiecutter.package_name }}.tasks.classification import _label_summary
 
     for dtype in (object, "string", pd.ArrowDtype(pa.string())):
         labels = pd.DataFrame({"label": pd.Series(["a", "b", "1", None], dtype=dtype)})
@@ -114,9 +126,10 @@ def test_cloud_uris_go_to_the_reader_unchanged() -> None:
 
 @pytest.mark.slow
 def test_prepare_digits(ray_address: str) -> None:
-    data = prepare(compose_config("data=digits").data)
+    data = prepare_config(compose_config("data=digits"))
     features, labels = collect(data.train)
-    assert data.input_shape == (1, 8, 8) and data.num_classes == 10
+    assert data.input_shape == (1, 8, 8) and data.num_outputs == 10
+    assert isinstance(data.task, Classification) and data.task.num_classes == 10
     assert features.shape == (data.train_rows, 1, 8, 8) and features.dtype == np.float32
     assert labels.dtype == np.int64
     assert data.train_rows + data.val_rows == 1797
@@ -125,15 +138,18 @@ def test_prepare_digits(ray_address: str) -> None:
 
 @pytest.mark.slow
 def test_runs_in_one_process_share_the_preparation_of_the_same_data(ray_address: str) -> None:
-    digits = compose_config("data=digits").data
-    first = prepare_reusing(digits)
-    assert prepare_reusing(compose_config("data=digits", "optimizer.lr=0.5").data) is first
-    other = prepare_reusing(compose_config("data=digits", "data.val_fraction=0.5").data)
+    def reusing(cfg: DictConfig) -> PreparedData:
+        return prepare_reusing(cfg.data, cfg.task)
+
+    digits = compose_config("data=digits")
+    first = reusing(digits)
+    assert reusing(compose_config("data=digits", "optimizer.lr=0.5")) is first
+    other = reusing(compose_config("data=digits", "data.val_fraction=0.5"))
     assert other is not first and other.val_rows > first.val_rows
-    again = prepare_reusing(digits)  # only the latest preparation is kept
+    again = reusing(digits)  # only the latest preparation is kept
     assert again is not first and again.val_rows == first.val_rows
-    reuse_prepared(digits, first)  # as a sweep's trial is handed its driver's
-    assert prepare_reusing(digits) is first
+    reuse_prepared(digits.data, digits.task, first)  # as a sweep's trial is handed its driver's
+    assert reusing(digits) is first
 
 
 @pytest.mark.slow
@@ -145,10 +161,10 @@ def test_parquet_and_csv_round_trip(ray_address: str, tmp_path: Path) -> None:
     seen = {}
     for fmt in ("parquet", "csv"):
         cfg = file_config(tmp_path / f"digits.{fmt}", fmt, "data.preprocess=none")
-        data = prepare(cfg)
+        data = prepare_config(cfg)
         train, train_labels = collect(data.train)
         val, _ = collect(data.val)
-        assert data.num_classes == 10 and data.input_shape == (64,)
+        assert data.num_outputs == 10 and data.input_shape == (64,)
         rows = np.concatenate([train, val])
         # Every row once, in train or in val, with its own label.
         assert sorted(map(tuple, rows)) == sorted(map(tuple, expected))
@@ -162,7 +178,7 @@ def test_parquet_and_csv_round_trip(ray_address: str, tmp_path: Path) -> None:
 def test_scaler_statistics_come_from_the_train_split_only(ray_address: str, tmp_path: Path) -> None:
     table = digits_frame()
     table.to_parquet(tmp_path / "digits.parquet")
-    data = prepare(file_config(tmp_path / "digits.parquet", "parquet"))
+    data = prepare_config(file_config(tmp_path / "digits.parquet", "parquet"))
     features = table.drop(columns="label")
     train_rows = features[~is_validation(features, 0.2, seed=0)].to_numpy()
     all_rows = features.to_numpy()
@@ -196,7 +212,8 @@ def test_moments_match_rays_standard_scaler(ray_address: str) -> None:
         (["a", "b", "c", "a"], [], r"must hold integer class indices .* e\.g\. 'a'"),
         ([0, 1, -1, 1], [], r"1 row\(s\) do not, e\.g\. -1"),
         ([0.0, 1.5, 1.0, 0.0], [], r"e\.g\. 1\.5"),
-        ([0, 1, 2, 5], ["data.source.num_classes=3"], r"label 5, but data.source.num_classes is 3"),
+        ([0, 1, 2, 5], ["data.source.num_classes=3"], r"label 5, but the number of classes is 3"),
+        ([0, 1, 2, 5], ["task.num_classes=3"], r"label 5, but the number of classes is 3"),
     ],
 )
 def test_unexpected_labels_are_refused(
@@ -205,7 +222,7 @@ def test_unexpected_labels_are_refused(
     path = tmp_path / "labels.parquet"
     pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0], "label": labels}).to_parquet(path)
     with pytest.raises(ValueError, match=message):
-        prepare(file_config(path, "parquet", *overrides))
+        prepare_config(file_config(path, "parquet", *overrides))
 
 
 @pytest.mark.slow
@@ -224,17 +241,17 @@ def test_missing_or_text_columns_are_named(ray_address: str, tmp_path: Path) -> 
     path = tmp_path / "table.csv"
     pd.DataFrame({"x": [1.0, 2.0], "word": ["a", "b"], "y": [0, 1]}).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"column\(s\) label not found .* it has: x, word, y"):
-        prepare(file_config(path, "csv"))
+        prepare_config(file_config(path, "csv"))
     with pytest.raises(DataError, match=r"column\(s\) z not found"):
-        prepare(
+        prepare_config(
             file_config(
                 path, "csv", "data.source.label_column=y", "data.source.feature_columns=[x,z]"
             )
         )
     with pytest.raises(DataError, match=r"feature column\(s\) word are not numeric"):
-        prepare(file_config(path, "csv", "data.source.label_column=y"))
+        prepare_config(file_config(path, "csv", "data.source.label_column=y"))
     # A wide table's columns are not all listed: the message stays a line.
     wide = tmp_path / "wide.csv"
     pd.DataFrame({f"pixel_{k}": [0.0, 1.0] for k in range(64)}).to_csv(wide, index=False)
     with pytest.raises(DataError, match=r"it has: pixel_0, .*, pixel_7, \.\.\. \(64 in all\)\."):
-        prepare(file_config(wide, "csv"))
+        prepare_config(file_config(wide, "csv"))

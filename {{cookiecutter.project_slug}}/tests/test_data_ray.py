@@ -12,10 +12,13 @@ import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from {{ cookiecutter.package_name }}.checkpoints import PROJECT_KEY
 from {{ cookiecutter.package_name }}.config import ConfigError
-from {{ cookiecutter.package_name }}.data import DigitsSource, load_transform, prepare
+from {{ cookiecutter.package_name }}.data import DigitsSource, prepare
 from {{ cookiecutter.package_name }}.data.loader import ShardBatches
-from {{ cookiecutter.package_name }}.training.worker import build_model
+from {{ cookiecutter.package_name }}.data.preprocessing import inputs_from_state
+from {{ cookiecutter.package_name }}.tasks import Classification
+from {{ cookiecutter.package_name }}.training.worker import build_module
 
 from .conftest import compose_config, failure, run_train
 
@@ -30,7 +33,7 @@ def test_two_workers_see_disjoint_shards_that_cover_the_split(
     ids = np.arange(rows, dtype=np.float64)
     pd.DataFrame({"id": ids, "x": ids % 7, "label": ids.astype(int) % 3}).to_parquet(path)
     cfg = compose_config("data=parquet", f"data.source.path={path}", "data.preprocess=none")
-    data = prepare(cfg.data)
+    data = prepare(cfg.data, cfg.task)
     seen_dir = tmp_path / "seen"
     seen_dir.mkdir()
 
@@ -103,9 +106,14 @@ def best_checkpoint(run_dir: Path) -> dict:
 def test_training_on_parquet_stores_its_preprocessing(parquet_run: Path) -> None:
     result = json.loads((parquet_run / "result.json").read_text())
     assert 0.0 < result["metrics"]["val_acc"] <= 1.0
-    state = best_checkpoint(parquet_run)["data"]
+    project = best_checkpoint(parquet_run)[PROJECT_KEY]
+    assert project["kind"] == "network" and project["model"]["_target_"].endswith("CNN")
+    assert project["input_shape"] == [1, 8, 8] and project["num_outputs"] == 10
+    assert project["task"] == Classification(10).state()
+    state = project["inputs"]
+    assert state["kind"] == "table"
     assert state["feature_columns"] == [f"pixel_{i}" for i in range(64)]
-    assert state["input_shape"] == [1, 8, 8] and state["num_classes"] == 10
+    assert state["input_shape"] == [1, 8, 8]
     assert state["label_column"] == "label"
     assert len(state["mean"]) == len(state["std"]) == 64
 
@@ -131,11 +139,13 @@ def test_batch_prediction_equals_the_model_in_memory(
     assert sorted(scored.columns) == ["label", "prediction", "probabilities"]
 
     checkpoint = best_checkpoint(parquet_run)
-    model = build_model(compose_config("model=cnn", "model.channels=8"), (1, 8, 8), 10)
+    cfg = compose_config("model=cnn", "model.channels=8")
+    model, _ = build_module(cfg, Classification(10), (1, 8, 8))
     model.load_state_dict(checkpoint["state_dict"])
     features = rows.drop(columns="label").to_numpy()
+    transform = inputs_from_state(checkpoint[PROJECT_KEY]["inputs"])
     with torch.inference_mode():
-        logits = model.eval()(torch.from_numpy(load_transform(checkpoint)(features)))
+        logits = model.eval()(torch.from_numpy(transform(features)))
     assert np.array_equal(scored["prediction"].to_numpy(), logits.argmax(dim=1).numpy())
     probabilities = np.stack(scored["probabilities"].to_numpy())
     assert np.allclose(probabilities, torch.softmax(logits, dim=1).numpy(), atol=1e-6)

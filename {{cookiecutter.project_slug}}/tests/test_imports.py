@@ -19,10 +19,12 @@ def test_driver_trials_and_replicas_do_not_import_lightning() -> None:
             "import {{ cookiecutter.package_name }}.tuning.sweep",
             "import {{ cookiecutter.package_name }}.serving.app",
             "import {{ cookiecutter.package_name }}.data.prediction",
-            "from {{ cookiecutter.package_name }}.models import MLP",
+            "from {{ cookiecutter.package_name }}.models import MLP, build_model",
+            "from {{ cookiecutter.package_name }}.tasks import Classification, Regression",
         ]
     )
     assert lightning_modules_after(driver) == "[]"
-    # The LightningModule is still there for the workers, imported on first use.
-    worker = "from {{ cookiecutter.package_name }}.models import Classifier"
-    assert lightning_modules_after(worker) == "['lightning']"
+    # The LightningModule that trains a network for its task, and the workers that use it.
+    for worker in ("tasks.module", "training.worker"):
+        statement = f"import {{ cookiecutter.package_name }}.{worker}"
+        assert lightning_modules_after(statement) == "['lightning']", worker

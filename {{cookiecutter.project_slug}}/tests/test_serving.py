@@ -22,13 +22,21 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from pyarrow.fs import LocalFileSystem
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from {{ cookiecutter.package_name }} import checkpoints as checkpoint_module
-from {{ cookiecutter.package_name }}.checkpoints import CheckpointError, load, resolve
-from {{ cookiecutter.package_name }}.data import DigitsSource, Transform, load_transform
+from {{ cookiecutter.package_name }}.checkpoints import (
+    PROJECT_KEY,
+    CheckpointError,
+    load,
+    project_state,
+    resolve,
+)
+from {{ cookiecutter.package_name }}.data import DigitsSource, Transform
+from {{ cookiecutter.package_name }}.data.preprocessing import inputs_from_state
 from {{ cookiecutter.package_name }}.serving import launch
 from {{ cookiecutter.package_name }}.serving.app import AppArgs, build_app
 from {{ cookiecutter.package_name }}.serving.ingress import haproxy_binary, stop_orphaned_haproxy
@@ -39,11 +47,15 @@ from {{ cookiecutter.package_name }}.serving.launch import (
     serve_checkpoint,
     serve_config,
 )
-from {{ cookiecutter.package_name }}.training.worker import build_model
+from {{ cookiecutter.package_name }}.tasks import Classification
+from {{ cookiecutter.package_name }}.training.worker import build_module
 
 from .conftest import PROJECT_ROOT, compose_config
 
 IMAGE = (1, 8, 8)
+# The digits' inputs as training saves them: 64 feature columns, standardised, as 1x8x8 images.
+COLUMNS = tuple(f"pixel_{i}" for i in range(64))
+TRANSFORM = Transform(COLUMNS, IMAGE, mean=(0.25,) * 64, std=(0.5,) * 64)
 
 
 # ---- Request checks ---------------------------------------------------------------------------
@@ -52,7 +64,7 @@ IMAGE = (1, 8, 8)
 def test_rows_may_be_flat_or_nested_as_the_input_shape() -> None:
     flat = [float(i) for i in range(64)]
     nested = [[[float(8 * r + c) for c in range(8)] for r in range(8)]]
-    features = to_features([flat, nested, [1] * 64], IMAGE, max_rows=8)
+    features = to_features([flat, nested, [1] * 64], TRANSFORM.raw_shapes, max_rows=8)
     assert features.shape == (3, 64) and features.dtype == np.float64
     assert features[0].tolist() == features[1].tolist() == flat
 
@@ -74,7 +86,7 @@ def test_rows_may_be_flat_or_nested_as_the_input_shape() -> None:
 )
 def test_bad_rows_say_what_is_wrong(rows: list, message: str, status: int) -> None:
     with pytest.raises(InvalidInput, match=message) as error:
-        to_features(rows, IMAGE, max_rows=8)
+        to_features(rows, TRANSFORM.raw_shapes, max_rows=8)
     assert error.value.status_code == status
 
 
@@ -89,44 +101,71 @@ def test_values_that_overflow_after_preprocessing_are_refused() -> None:
 # ---- Checkpoints -------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, *overrides: str, **changes) -> Path:
-    """A checkpoint in the layout training writes: weights, `architecture`, data `transform`."""
-    classifier = build_model(compose_config(*overrides), IMAGE, 10)
-    columns = [f"pixel_{i}" for i in range(64)]
-    transform = Transform(tuple(columns), IMAGE, mean=(0.25,) * 64, std=(0.5,) * 64)
-    checkpoint = {
-        "state_dict": classifier.state_dict(),
-        "hyper_parameters": dict(classifier.hparams),
-        "data": {**transform.state(), "num_classes": 10},
-        **changes,
-    }
+def classifier(*overrides: str) -> torch.nn.Module:
+    """The LightningModule training builds for the digits' ten classes (TaskModule)."""
+    module, kind = build_module(compose_config(*overrides), Classification(10), IMAGE)
+    assert kind == "network"
+    return module
+
+
+def save_checkpoint(path: Path, *overrides: str, before_tasks: bool = False) -> Path:
+    """A checkpoint in the layout training writes: weights, and the project state (model config,
+    task, input transform). `before_tasks`: the layout of checkpoints written before tasks
+    existed, the network's `architecture` in hyper_parameters and the transform under `data`."""
+    module = classifier(*overrides)
+    model_config = OmegaConf.to_container(compose_config(*overrides).model, resolve=True)
+    if before_tasks:
+        transform = {key: value for key, value in TRANSFORM.state().items() if key != "kind"}
+        architecture = {"model": model_config, "input_shape": list(IMAGE), "num_classes": 10}
+        state = {
+            "hyper_parameters": {"architecture": architecture},
+            "data": {**transform, "label_column": "label", "num_classes": 10},
+        }
+    else:
+        inputs = {**TRANSFORM.state(), "label_column": "label"}
+        task = Classification(10).state()
+        state = {PROJECT_KEY: project_state(model_config, "network", IMAGE, 10, task, inputs)}
+    checkpoint = {"state_dict": module.state_dict(), **state}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)
     return path
 
 
+@pytest.mark.parametrize("before_tasks", [False, True], ids=["project state", "before tasks"])
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
-def test_checkpoint_rebuilds_the_trained_network(tmp_path: Path, model: str) -> None:
-    file = save_checkpoint(tmp_path / "checkpoint.ckpt", f"model={model}")
+def test_checkpoint_rebuilds_the_trained_network(
+    tmp_path: Path, model: str, before_tasks: bool
+) -> None:
+    file = save_checkpoint(
+        tmp_path / "checkpoint.ckpt", f"model={model}", before_tasks=before_tasks
+    )
     loaded = load(file)
     saved = torch.load(file, weights_only=True)
-    classifier = build_model(compose_config(f"model={model}"), IMAGE, 10)
-    classifier.load_state_dict(saved["state_dict"])
+    module = classifier(f"model={model}")
+    module.load_state_dict(saved["state_dict"])
     inputs = torch.randn(5, *IMAGE)
-    assert torch.equal(loaded.net(inputs), classifier.eval()(inputs))
+    logits = module.eval()(inputs)
+    assert torch.equal(loaded.model(inputs), logits)
     assert loaded.model_name == model.upper()
-    assert (loaded.input_shape, loaded.num_classes) == (IMAGE, 10)
-    assert loaded.transform == load_transform(saved)
+    assert loaded.input_shape == IMAGE
+    assert isinstance(loaded.task, Classification) and loaded.task.num_outputs == 10
+    assert loaded.transform == TRANSFORM
+    predicted = loaded.predict(inputs)
+    assert sorted(predicted) == ["prediction", "probabilities"]
+    assert torch.allclose(predicted["probabilities"], torch.softmax(logits, dim=1))
+    assert torch.equal(predicted["prediction"], logits.argmax(dim=1))
 
 
 def test_a_cnn_checkpoint_from_before_pooled_size_still_loads(tmp_path: Path) -> None:
     # That CNN averaged its last features over the whole image (pooled_size 1), and its saved
-    # model config has no pooled_size.
-    file = save_checkpoint(tmp_path / "checkpoint.ckpt", "model=cnn", "model.pooled_size=1")
+    # model config has no pooled_size. Such checkpoints were written before tasks existed.
+    file = save_checkpoint(
+        tmp_path / "checkpoint.ckpt", "model=cnn", "model.pooled_size=1", before_tasks=True
+    )
     saved = torch.load(file, weights_only=True)
     del saved["hyper_parameters"]["architecture"]["model"]["pooled_size"]
     torch.save(saved, file)
-    head = load(file).net[-1]
+    head = load(file).model[-1]
     assert head.in_features == 64  # the last block's 64 channels, one average each
 
 
@@ -160,7 +199,7 @@ def test_checkpoint_in_cloud_storage_is_read_through_its_filesystem(
     assert resolve("s3://bucket/checkpoint_1") == "s3://bucket/checkpoint_1/checkpoint.ckpt"
     loaded = load("s3://bucket/checkpoint_1/")
     assert loaded.path == "s3://bucket/checkpoint_1/checkpoint.ckpt"
-    assert torch.equal(loaded.net[1].weight, load(file).net[1].weight)
+    assert torch.equal(loaded.model[1].weight, load(file).model[1].weight)
     with pytest.raises(CheckpointError, match="Checkpoint not found: s3://bucket/nothing"):
         load("s3://bucket/nothing")
 
@@ -173,9 +212,9 @@ def test_checkpoint_in_cloud_storage_is_read_through_its_filesystem(
         # A pickled object would run code when unpickled; weights_only refuses it.
         (pickle.dumps(Path("/"), protocol=2), "Cannot read checkpoint"),
         ({"weights": 1}, "not a Lightning checkpoint"),
-        ({"state_dict": {}}, "does not say how to rebuild its network"),
+        ({"state_dict": {}}, "does not say how to rebuild its model"),
     ],
-    ids=["missing", "garbage", "pickled object", "not lightning", "no architecture"],
+    ids=["missing", "garbage", "pickled object", "not lightning", "no project state"],
 )
 def test_unusable_checkpoints_fail_with_clear_message(
     tmp_path: Path, content: object, message: str
@@ -189,12 +228,18 @@ def test_unusable_checkpoints_fail_with_clear_message(
         load(file)
 
 
-def test_checkpoint_cannot_name_code_outside_the_models_package(tmp_path: Path) -> None:
-    architecture = {"model": {"_target_": "os.system"}, "input_shape": [64], "num_classes": 10}
-    file = save_checkpoint(
-        tmp_path / "checkpoint.ckpt", hyper_parameters={"architecture": architecture}
-    )
-    with pytest.raises(CheckpointError, match="only builds networks from"):
+@pytest.mark.parametrize("before_tasks", [False, True], ids=["project state", "before tasks"])
+def test_checkpoint_cannot_name_code_outside_the_models_package(
+    tmp_path: Path, before_tasks: bool
+) -> None:
+    file = save_checkpoint(tmp_path / "checkpoint.ckpt", before_tasks=before_tasks)
+    saved = torch.load(file, weights_only=True)
+    if before_tasks:
+        saved["hyper_parameters"]["architecture"]["model"] = {"_target_": "os.system"}
+    else:
+        saved[PROJECT_KEY]["model"] = {"_target_": "os.system"}
+    torch.save(saved, file)
+    with pytest.raises(CheckpointError, match="only builds models from"):
         load(file)
 
 
@@ -395,11 +440,11 @@ def expected_probabilities(run_dir: Path, rows: np.ndarray) -> torch.Tensor:
     """The trained model's own output for `rows`, computed here without the server."""
     best = json.loads((run_dir / "result.json").read_text())["best_checkpoint"]
     checkpoint = torch.load(Path(best) / "checkpoint.ckpt", weights_only=True)
-    classifier = build_model(compose_config(), IMAGE, 10)
-    classifier.load_state_dict(checkpoint["state_dict"])
-    inputs = torch.from_numpy(load_transform(checkpoint)(rows))
+    module = classifier()
+    module.load_state_dict(checkpoint["state_dict"])
+    inputs = torch.from_numpy(inputs_from_state(checkpoint[PROJECT_KEY]["inputs"])(rows))
     with torch.inference_mode():
-        return torch.softmax(classifier.eval()(inputs), dim=1)
+        return torch.softmax(module.eval()(inputs), dim=1)
 
 
 def digit_rows(count: int) -> np.ndarray:
@@ -434,13 +479,16 @@ def test_metadata_health_docs_and_serve_config(served: ServeCommand) -> None:
     assert metadata["checkpoint"] == str(Path(best, "checkpoint.ckpt").resolve())
     assert metadata["model"] == "MLP"
     assert metadata["input_shape"] == list(IMAGE)
-    assert metadata["classes"] == list(range(10))
+    assert metadata["task"] == {"task": "classification", "classes": list(range(10))}
+    inputs = metadata["inputs"]
+    assert inputs["kind"] == "table" and inputs["shape"] == [64]
+    assert inputs["feature_columns"] == list(COLUMNS)
     assert metadata["device"] == "cpu"
     assert metadata["max_rows_per_request"] == 16
     assert httpx.get(f"{served.url}/health", timeout=10).json()["status"] == "ok"
     assert "swagger" in httpx.get(f"{served.url}/docs", timeout=10).text.lower()
     paths = httpx.get(f"{served.url}/openapi.json", timeout=10).json()["paths"]
-    assert {"/predict", "/health", "/metadata"} <= set(paths)
+    assert {"/predict", "/predict/image", "/health", "/metadata"} <= set(paths)
     assert f"Serving at {served.url}" in served.log
 
     config = yaml.safe_load((served.run_dir / "serve_config.yaml").read_text())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from {{ cookiecutter.package_name }}.models import METRICS
+from {{ cookiecutter.package_name }}.tasks import Classification
 from {{ cookiecutter.package_name }}.training import cluster, train
 
 from .conftest import compose_config, failure, run_python, run_train, tensorboard_hparams
@@ -40,7 +40,8 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
         assert notice not in console, notice
 
     result = json.loads((run_dir / "result.json").read_text())
-    assert sorted(result["metrics"]) == sorted(METRICS)  # what the metric settings may name
+    # what the metric settings may name
+    assert sorted(result["metrics"]) == sorted(Classification.reported_metrics())
     assert result["metrics"]["epoch"] == 1
     assert 0.0 < result["metrics"]["val_acc"] <= 1.0
     assert result["storage_path"] == str(run_dir / "ray_train")

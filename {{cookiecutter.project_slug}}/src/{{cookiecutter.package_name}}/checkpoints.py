@@ -7,6 +7,8 @@ Training writes them (training/callbacks.py, training/run.py); batch prediction
 import importlib
 import io
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,8 +19,10 @@ from pyarrow.fs import FileSystem, FileType
 from torch import nn
 
 from . import models
-from .data.preprocessing import Transform, load_transform
+from .config.validation import first_line
+from .data.preprocessing import InputTransform, inputs_from_state, load_transform
 from .data.sources import is_uri, resolve_path
+from .tasks import Classification, Task, load_task
 
 # The Lightning checkpoint in every Ray checkpoint folder, and the run summary in a run folder.
 CHECKPOINT_FILE = "checkpoint.ckpt"
@@ -32,24 +36,58 @@ class CheckpointError(CompactHydraException, RuntimeError):
     """
 
 
+# Where every checkpoint keeps what rebuilds its model for inference: the model's config and
+# kind, the data's input shape, the task and the input transform, as plain values.
+PROJECT_KEY = "project"
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """A network ready for inference, the preprocessing it was trained with, and what the API
-    tells clients about it."""
+    """A model ready for inference, the input transform and task it was trained with, and what
+    the API tells clients about it."""
 
-    net: nn.Module
-    transform: Transform
+    model: nn.Module
+    transform: InputTransform
+    task: Task
     path: str
     model_name: str
     model_config: dict[str, Any]
-    input_shape: tuple[int, ...]
-    num_classes: int
     device: str = "cpu"
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.transform.input_shape)
+
     @torch.inference_mode()
-    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Class probabilities, on the CPU, for a batch of model inputs."""
-        return torch.softmax(self.net(inputs.to(self.device)), dim=1).cpu()
+    def predict(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The task's predictions (`prediction`, maybe `probabilities`), on the CPU."""
+        outputs = self.model(inputs.to(self.device))
+        return {name: value.cpu() for name, value in self.task.predict(outputs).items()}
+
+
+def is_placeholder(value: Any) -> bool:
+    """True for the value reported in place of a metric the model never logs (the worst one:
+    training/callbacks.py RayReportCallback); summaries leave it out."""
+    return isinstance(value, float) and math.isinf(value)
+
+
+def project_state(
+    model_config: dict[str, Any],
+    kind: str,
+    input_shape: Sequence[int] | None,
+    num_outputs: int | None,
+    task: dict[str, Any],
+    inputs: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What every checkpoint stores under PROJECT_KEY (plain values only)."""
+    return {
+        "model": model_config,
+        "kind": kind,  # "network": a plain nn.Module in TaskModule; "module": a LightningModule
+        "input_shape": None if input_shape is None else [int(size) for size in input_shape],
+        "num_outputs": num_outputs,
+        "task": task,
+        "inputs": inputs,
+    }
 
 
 def resolve(path: str | Path) -> str:
@@ -96,71 +134,94 @@ def load(path: str | Path, device: str = "cpu") -> LoadedModel:
         with _open(file) as stream:
             checkpoint = torch.load(stream, map_location=device, weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"Cannot read checkpoint {file}: {error}") from error
+        raise CheckpointError(f"Cannot read checkpoint {file}: {first_line(error)}") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{file} is not a Lightning checkpoint (no state_dict).")
-    architecture = checkpoint.get("hyper_parameters", {}).get("architecture")
-    if not architecture:
+    state = checkpoint.get(PROJECT_KEY) or _state_before_tasks(checkpoint, file)
+    if not state.get("inputs"):
         raise CheckpointError(
-            f"{file} does not say how to rebuild its network (no hyper_parameters.architecture):"
-            f" it was written by an older version of this project. Train again to serve it."
+            f"{file} does not say what inputs its model takes (it saved no training batch)."
         )
     try:
-        transform = load_transform(checkpoint)
-    except KeyError as error:
-        raise CheckpointError(f"{file}: {error.args[0]}") from error
-    input_shape = tuple(int(size) for size in architecture["input_shape"])
-    num_classes = int(architecture["num_classes"])
-    model_config = dict(architecture["model"])
-    net = build_network(model_config, input_shape, num_classes, source=file)
-    # The LightningModule keeps the network under `net.`; serving needs the network alone.
-    weights = {
-        key.removeprefix("net."): value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith("net.")
-    }
+        transform = inputs_from_state(state["inputs"])
+        task = load_task(state["task"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{file}: cannot rebuild its inputs or task: {error}") from error
+    model_config = dict(state["model"])
+    model = build_network(model_config, state, source=file)
+    weights = checkpoint["state_dict"]
+    if state["kind"] == "network":
+        # TaskModule keeps the network under `net.`; inference needs the network alone.
+        weights = {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
     try:
-        net.load_state_dict(weights)
+        model.load_state_dict(weights)
     except RuntimeError as error:
-        raise CheckpointError(f"{file} does not fit the network it describes: {error}") from error
+        raise CheckpointError(f"{file} does not fit the model it describes: {error}") from error
     return LoadedModel(
-        net=net.to(device).eval(),
+        model=model.to(device).eval(),
         transform=transform,
+        task=task,
         path=file,
-        model_name=type(net).__name__,
+        model_name=type(model).__name__,
         model_config=model_config,
-        input_shape=input_shape,
-        num_classes=num_classes,
         device=device,
     )
 
 
-def build_network(
-    model_config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, source: str
-) -> nn.Module:
-    """The network class named by `_target_`, built with the saved sizes.
+def _state_before_tasks(checkpoint: dict[str, Any], file: str) -> dict[str, Any]:
+    """The project state of a checkpoint written before tasks existed (classification only):
+    the network under hyper_parameters.architecture, the inputs under `data`."""
+    architecture = checkpoint.get("hyper_parameters", {}).get("architecture")
+    if not architecture:
+        raise CheckpointError(
+            f"{file} does not say how to rebuild its model (no '{PROJECT_KEY}' entry): it was "
+            f"not written by this project's training loop. Train again to serve it."
+        )
+    try:
+        inputs = load_transform(checkpoint).state()
+    except KeyError as error:
+        raise CheckpointError(f"{file}: {error.args[0]}") from error
+    num_classes = int(architecture["num_classes"])
+    return project_state(
+        architecture["model"],
+        "network",
+        architecture["input_shape"],
+        num_classes,
+        Classification(num_classes).state(),
+        inputs,
+    )
+
+
+def build_network(model_config: dict[str, Any], state: dict[str, Any], source: str) -> nn.Module:
+    """The network or LightningModule class named by `_target_`, built with the saved settings.
 
     Not Hydra's `instantiate`: `_target_` comes from the checkpoint, and instantiate would call
-    any function it names. Only `nn.Module` classes from this project's models package qualify.
+    any function it names. Only classes from this project's models package qualify, and a
+    checkpoint of kind "module" must name a LightningModule.
     """
     target = str(model_config.get("_target_", ""))
     module_name, _, class_name = target.rpartition(".")
     package = models.__name__
     if not (module_name == package or module_name.startswith(package + ".")):
         raise CheckpointError(
-            f"{source} names the network {target!r}; serving only builds networks from {package}."
+            f"{source} names the model {target!r}; serving only builds models from {package}."
         )
     try:
-        network_class = getattr(importlib.import_module(module_name), class_name)
+        model_class = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as error:
-        raise CheckpointError(f"{source} names the network {target!r}: {error}") from error
-    if not (isinstance(network_class, type) and issubclass(network_class, nn.Module)):
+        raise CheckpointError(f"{source} names the model {target!r}: {error}") from error
+    if not (isinstance(model_class, type) and issubclass(model_class, nn.Module)):
         raise CheckpointError(f"{source} names {target!r}, which is not an nn.Module class.")
-    sizes = {key: value for key, value in model_config.items() if not key.startswith("_")}
+    if (state["kind"] == "module") != models.is_lightning_module(model_class):
+        raise CheckpointError(f"{source}: {target!r} is not the kind of model it was saved as.")
+    settings = {key: value for key, value in model_config.items() if not key.startswith("_")}
+    sizes = models.size_arguments(model_class, state.get("input_shape"), state.get("num_outputs"))
     try:
-        return network_class(input_shape=input_shape, num_classes=num_classes, **sizes)
+        return model_class(**settings, **sizes)
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{source}: cannot build {target} from {sizes}: {error}") from error
+        raise CheckpointError(
+            f"{source}: cannot build {target} from {settings}: {error}"
+        ) from error
 
 
 def _resolve_uri(uri: str) -> str:

@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
-from ..models import METRICS
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -62,8 +61,6 @@ SCHEMAS = {
     "fault_tolerance": FaultToleranceSchema,
 }
 
-_REPORTED = f"a metric every epoch reports ({', '.join(METRICS)}; models.METRICS lists them)"
-
 # (config key, test, what it must be). Keys that are absent are not checked.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("scaling.num_workers", lambda v: v >= 1, "at least 1"),
@@ -76,7 +73,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("checkpoint.every_n_epochs", lambda v: v >= 1, "at least 1"),
     ("checkpoint.num_to_keep", lambda v: v is None or v >= 1, "null or at least 1"),
     ("checkpoint.mode", lambda v: v in {"min", "max"}, "min or max"),
-    ("checkpoint.metric", lambda v: v in METRICS, _REPORTED),
     ("fault_tolerance.max_failures", lambda v: v >= -1, "-1 (retry forever) or more"),
     ("trainer.max_epochs", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
     ("optimizer.lr", lambda v: _number(v) and v > 0, "a number above 0"),
@@ -87,7 +83,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.num_layers", lambda v: isinstance(v, int) and v >= 0, "an integer of at least 0"),
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("search.num_samples", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
-    ("search.metric", lambda v: v in METRICS, _REPORTED),
     ("search.mode", lambda v: v in {"min", "max"}, "min or max"),
     ("search.reuse_actors", lambda v: isinstance(v, bool), "true or false"),
     ("search.shuffle_grid", lambda v: isinstance(v, bool), "true or false"),
@@ -98,7 +93,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming every problem in `cfg` (the composed config of train.py)."""
     problems = [*_missing(cfg), *_schemas(cfg)]
     if not problems:  # values are only meaningful once their types are right
-        problems += _rules(cfg) + _monitors(cfg)
+        problems += _rules(cfg) + _monitors(cfg) + _optimizer_of_own_module(cfg)
         checked = {problem.split(" ", 1)[0] for problem in problems}
         problems += [
             problem
@@ -153,15 +148,68 @@ def _rules(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _monitors(cfg: DictConfig) -> list[str]:
-    """Callbacks that watch a metric (EarlyStopping's `monitor`) must name a reported one."""
-    callbacks = cfg.get("callbacks") or {}
+def reported_metrics(cfg: DictConfig) -> tuple[str, ...] | None:
+    """The metrics every epoch reports for this config: the task's, for a network it trains
+    (tasks/). None for a LightningModule of yours: what it logs is known once it runs."""
+    if _own_module(cfg) is not None:
+        return None
+    try:
+        task = _locate(cfg.task._target_)
+    except (ImportError, AttributeError, ValueError):
+        return None  # reported by _signature
+    return task.reported_metrics()
+
+
+def _own_module(cfg: DictConfig) -> str | None:
+    """The class name of a LightningModule of yours as the model (None for a network)."""
+    try:
+        model = _locate(cfg.model._target_)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    if any(base.__name__ == "LightningModule" for base in inspect.getmro(model)):
+        return model.__name__
+    return None
+
+
+def _optimizer_of_own_module(cfg: DictConfig) -> list[str]:
+    """A LightningModule of yours configures its own optimizer: optimizer and scheduler settings
+    given on the command line would change nothing, so they are refused."""
+    name = _own_module(cfg)
+    if name is None or not HydraConfig.initialized():
+        return []
+    given = [
+        override
+        for override in HydraConfig.get().overrides.task
+        if override.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in ("optimizer", "scheduler")
+    ]
     return [
-        f"callbacks.{name}.monitor must be {_REPORTED}, got {callback.monitor!r}"
-        for name, callback in callbacks.items()
-        if isinstance(callback, DictConfig)
-        and "monitor" in callback
-        and callback.monitor not in METRICS
+        f"{override} changes nothing: {name} configures its own optimizer (its "
+        "configure_optimizers); set its own parameters instead (model.<name>=...)"
+        for override in given
+    ]
+
+
+def _monitors(cfg: DictConfig) -> list[str]:
+    """Settings that name a metric (checkpoint.metric, search.metric, EarlyStopping's and a
+    scheduler's `monitor`) must name a reported one."""
+    metrics = reported_metrics(cfg)
+    if metrics is None:
+        return []
+    watched = {"checkpoint.metric": OmegaConf.select(cfg, "checkpoint.metric")}
+    if OmegaConf.select(cfg, "search.metric") is not None:
+        watched["search.metric"] = cfg.search.metric
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if isinstance(callback, DictConfig) and "monitor" in callback:
+            watched[f"callbacks.{name}.monitor"] = callback.monitor
+    scheduler = cfg.get("scheduler")
+    if isinstance(scheduler, DictConfig) and "monitor" in scheduler:
+        watched["scheduler.monitor"] = scheduler.monitor
+    task = cfg.task._target_.rsplit(".", 1)[-1].lower()
+    return [
+        f"{key} must be a metric every epoch reports for task={task} ({', '.join(metrics)}), "
+        f"got {value!r}"
+        for key, value in watched.items()
+        if value is not None and value not in metrics
     ]
 
 

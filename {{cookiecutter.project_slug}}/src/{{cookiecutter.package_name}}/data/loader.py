@@ -7,7 +7,8 @@ to num_workers - 1 rows of a split are left out of an epoch for that.
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import ray.train
 import torch
@@ -23,6 +24,9 @@ class ShardBatches:
     With `cache`, the first pass reads the worker's whole shard into memory and every pass
     shuffles it there: Ray Data's start-up cost per pass (about 0.2 s on 2 cores, more than a
     whole epoch of the digits) is paid once. The worker keeps the rows of its first shard.
+
+    `augment` (images: `{hflip: bool, crop_padding: int}`, see data/images.py) changes each
+    batch at random, seeded like the shuffle.
     """
 
     def __init__(
@@ -34,6 +38,7 @@ class ShardBatches:
         prefetch_batches: int = 1,
         num_rows: int | None = None,
         cache: bool = False,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
@@ -46,8 +51,22 @@ class ShardBatches:
         self.cache = cache
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self.epoch = 0
+        self.augment = dict(augment) if augment else None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self._batches()
+        if not self.augment:
+            return batches
+        from .images import augment  # images only
+
+        generator = torch.Generator()
+        if self.seed is not None:
+            generator.manual_seed(self.seed + 7919 * self.epoch)
+        return (
+            (augment(features, generator, **self.augment), labels) for features, labels in batches
+        )
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         seed = None if self.seed is None else self.seed + self.epoch
         self.epoch += 1
         if self.cache:

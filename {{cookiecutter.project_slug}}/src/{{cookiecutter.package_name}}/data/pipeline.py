@@ -1,27 +1,30 @@
 """The driver's side of the data: read, check, split, fit preprocessing, produce Ray Datasets.
 
-`prepare(cfg.data)` runs in the driver of a training run. Its `train` and `val` datasets go to
-Ray Train, which hands each worker its own shard of both (see loader.py). Runs with the same data
-config share one preparation: a basic multirun's jobs, and a Ray Tune sweep's trials, which get
-their driver's (`prepare_reusing`, `reuse_prepared`).
+Two kinds of source: tables (a numeric column per feature) and images (data/images.py). The
+task (tasks/) checks the labels and learns what it needs from the training rows.
+
+`prepare(cfg.data, cfg.task)` runs in the driver of a training run. Its `train` and `val`
+datasets go to Ray Train, which hands each worker its own shard of both (see loader.py). Runs
+with the same data config share one preparation: a basic multirun's jobs, and a Ray Tune sweep's
+trials, which get their driver's (`prepare_reusing`, `reuse_prepared`).
 """
 
+import json
 import logging
 import math
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import ray.data
 import ray.train
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .preprocessing import ToExamples, Transform, fit_transform
+from ..tasks import Task
+from .preprocessing import InputTransform, ToExamples, fit_transform
 from .sources import DataError, TableSource, columns
 from .split import train_val_split
 
@@ -32,9 +35,9 @@ class PreparedData:
 
     train: ray.data.Dataset
     val: ray.data.Dataset
-    transform: Transform
+    transform: InputTransform
     label_column: str
-    num_classes: int
+    task: Task
     # Known when the datasets are materialized; each worker then knows its number of batches.
     train_rows: int | None = None
     val_rows: int | None = None
@@ -43,22 +46,19 @@ class PreparedData:
     def input_shape(self) -> tuple[int, ...]:
         return self.transform.input_shape
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        """What every checkpoint stores, so that prediction and serving rebuild the inputs."""
-        return {
-            **self.transform.state(),
-            "label_column": self.label_column,
-            "num_classes": self.num_classes,
-        }
+    @property
+    def num_outputs(self) -> int:
+        return self.task.num_outputs
 
     def worker_info(self) -> dict[str, Any]:
         """What each training worker needs besides its shards, as plain values."""
         return {
             "input_shape": list(self.input_shape),
-            "num_classes": self.num_classes,
+            "num_outputs": self.num_outputs,
             "train_rows": self.train_rows,
             "val_rows": self.val_rows,
-            "checkpoint_state": self.checkpoint_state(),
+            "task": self.task.state(),
+            "inputs": {**self.transform.state(), "label_column": self.label_column},
         }
 
     @staticmethod
@@ -113,31 +113,53 @@ def hide_progress_notice() -> None:
     logging.getLogger(PROGRESS_NOTICE_LOGGER).setLevel(logging.ERROR)
 
 
-def build_source(data_cfg: DictConfig) -> TableSource:
+def build_source(data_cfg: DictConfig) -> Any:
+    """The `data.source` object: a TableSource, or an image source (data/images.py)."""
     return instantiate(data_cfg.source, _convert_="all")
 
 
-def prepare(data_cfg: DictConfig) -> PreparedData:
-    """Read `data_cfg.source`, check it, split it and fit the preprocessing on the train split."""
+def uses_ray_data(data_cfg: DictConfig) -> bool:
+    """False when a LightningDataModule (`data.datamodule`) or the model's own dataloaders
+    (`data=none`) feed the workers instead of a `data.source` read with Ray Data."""
+    return data_cfg.get("source") is not None
+
+
+def build_task(task_cfg: DictConfig) -> Task:
+    return instantiate(task_cfg, _convert_="all")
+
+
+def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
+    """Read `data_cfg.source`, check it, split it, fit the preprocessing and the task on the
+    train split."""
     configure_context(data_cfg)
     source = build_source(data_cfg)
+    task = build_task(task_cfg)
     table = source.read()
-    feature_columns = check_columns(table, source)
+    if getattr(source, "kind", "table") == "image":
+        split_columns = list(source.split_columns)
+    else:
+        split_columns = check_columns(table, source)
     if data_cfg.materialize:
         # Read once; the label check, split, fitting and transform all reuse the blocks.
         table = table.materialize()
-    num_classes = check_labels(table, source.label_column, source.num_classes)
-    input_shape = source.input_shape or (len(feature_columns),)
-    if math.prod(input_shape) != len(feature_columns):
-        raise DataError(
-            f"data.source.input_shape {list(input_shape)} holds {math.prod(input_shape)} values, "
-            f"but there are {len(feature_columns)} feature columns"
-        )
+    declared = getattr(source, "num_classes", None)
+    if declared is not None and getattr(task, "num_classes", False) is None:
+        task.num_classes = declared  # the data says how many classes there are
     train_table, val_table = train_val_split(
-        table, feature_columns, data_cfg.val_fraction, data_cfg.split_seed
+        table, split_columns, data_cfg.val_fraction, data_cfg.split_seed
     )
-    transform = fit_transform(train_table, feature_columns, input_shape, data_cfg.preprocess)
-    to_examples = ToExamples(transform, source.label_column)
+    task.fit(train_table, source.label_column)
+    if getattr(source, "kind", "table") == "image":
+        transform = source.fit_transform(train_table, data_cfg.preprocess)
+    else:
+        input_shape = source.input_shape or (len(split_columns),)
+        if math.prod(input_shape) != len(split_columns):
+            raise DataError(
+                f"data.source.input_shape {list(input_shape)} holds {math.prod(input_shape)} "
+                f"values, but there are {len(split_columns)} feature columns"
+            )
+        transform = fit_transform(train_table, split_columns, input_shape, data_cfg.preprocess)
+    to_examples = ToExamples(transform, source.label_column, task.label_dtype)
     train = train_table.map_batches(to_examples, batch_format="numpy")
     val = val_table.map_batches(to_examples, batch_format="numpy")
     counts: tuple[int | None, int | None] = (None, None)
@@ -148,13 +170,13 @@ def prepare(data_cfg: DictConfig) -> PreparedData:
         for split, rows in zip(("train", "val"), counts, strict=True):
             if rows == 0:
                 raise DataError(f"the {split} split is empty; adjust data.val_fraction")
-    return PreparedData(train, val, transform, source.label_column, num_classes, *counts)
+    return PreparedData(train, val, transform, source.label_column, task, *counts)
 
 
 _last_prepared: tuple[str, PreparedData] | None = None
 
 
-def prepare_reusing(data_cfg: DictConfig) -> PreparedData:
+def prepare_reusing(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
     """`prepare`, or this process's previous result if it was for the same data config.
 
     The jobs of Hydra's basic multirun (`-m` without a search) usually share their data config;
@@ -164,23 +186,29 @@ def prepare_reusing(data_cfg: DictConfig) -> PreparedData:
     runs is not read again.
     """
     global _last_prepared
-    key = _data_key(data_cfg)
+    key = _data_key(data_cfg, task_cfg)
     if _last_prepared is None or _last_prepared[0] != key:
         _last_prepared = None  # let the previous datasets go before making new ones
-        _last_prepared = (key, prepare(data_cfg))
+        _last_prepared = (key, prepare(data_cfg, task_cfg))
     else:
         configure_context(data_cfg)  # prepared in another process, or the context was changed
     return _last_prepared[1]
 
 
-def reuse_prepared(data_cfg: DictConfig, data: PreparedData) -> None:
-    """Make `prepare_reusing(data_cfg)` in this process return `data`, prepared elsewhere."""
+def reuse_prepared(data_cfg: DictConfig, task_cfg: DictConfig, data: PreparedData) -> None:
+    """Make `prepare_reusing(data_cfg, task_cfg)` in this process return `data`, prepared
+    elsewhere."""
     global _last_prepared
-    _last_prepared = (_data_key(data_cfg), data)
+    _last_prepared = (_data_key(data_cfg, task_cfg), data)
 
 
-def _data_key(data_cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(data_cfg, resolve=True)
+def _data_key(data_cfg: DictConfig, task_cfg: DictConfig) -> str:
+    # Resolved where they are: their interpolations may point anywhere in the whole config.
+    resolved = {
+        "data": OmegaConf.to_container(data_cfg, resolve=True),
+        "task": OmegaConf.to_container(task_cfg, resolve=True),
+    }
+    return json.dumps(resolved, sort_keys=True, default=str)
 
 
 def check_columns(table: ray.data.Dataset, source: TableSource) -> list[str]:
@@ -205,47 +233,6 @@ def check_columns(table: ray.data.Dataset, source: TableSource) -> list[str]:
             f"them out of data.source.feature_columns"
         )
     return features
-
-
-def check_labels(table: ray.data.Dataset, label_column: str, num_classes: int | None) -> int:
-    """The number of classes, after checking that labels are class indices 0 .. num_classes-1."""
-    summaries = table.map_batches(
-        partial(_label_summary, label_column=label_column), batch_format="pandas"
-    ).take_all()
-    bad = sum(int(row["bad"]) for row in summaries)
-    if bad:
-        example = next(row["example"] for row in summaries if row["bad"])
-        raise DataError(
-            f"label column {label_column!r} must hold integer class indices 0, 1, 2, ...; "
-            f"{bad} row(s) do not, e.g. {example}. Map labels to indices first."
-        )
-    largest = max((int(row["max"]) for row in summaries if row["max"] >= 0), default=-1)
-    if num_classes is None:
-        if largest < 1:
-            raise DataError(f"label column {label_column!r} needs at least two classes")
-        return largest + 1
-    if largest >= num_classes:
-        raise DataError(
-            f"label column {label_column!r} holds the label {largest}, but "
-            f"data.source.num_classes is {num_classes} (labels must be below it)"
-        )
-    return num_classes
-
-
-def _label_summary(batch: pd.DataFrame, label_column: str) -> pd.DataFrame:
-    labels = batch[label_column]
-    # Through object first: Arrow-backed text (how Ray hands over parquet strings) would
-    # otherwise come back from to_numeric as missing-but-not-NaN and pass as a label.
-    numeric = pd.to_numeric(labels.astype(object), errors="coerce").astype(np.float64)
-    bad = numeric.isna() | (numeric < 0) | (numeric != np.floor(numeric))
-    good = numeric[~bad]
-    return pd.DataFrame(
-        {
-            "bad": [int(bad.sum())],
-            "max": [int(good.max()) if len(good) else -1],
-            "example": [repr(labels[bad].iloc[0]) if bad.any() else ""],
-        }
-    )
 
 
 def _is_numeric(arrow_type: Any) -> bool:

@@ -1,17 +1,18 @@
 """Offline batch prediction: score a dataset with a trained checkpoint, write parquet.
 
 `python train.py predict=batch predict.checkpoint=<run folder> [data=... data.source.path=...]`
-reads the rows from the `data` group's source (any file option works, labels are optional),
-applies the checkpoint's own preprocessing, and scores them with a pool of Ray actors that each
-load the model once. The output keeps every column that is not a feature (ids, labels) and adds
-`prediction` (the class index) and `probabilities` (one value per class).
+reads the rows from the `data` group's source (any file option works, labels are optional; for
+images any folder of them, with or without class subfolders), applies the checkpoint's own
+preprocessing, and scores them with a pool of Ray actors that each load the model once. The
+output keeps every column that is not an input (ids, labels, image paths) and adds what the
+task predicts: `prediction` (a class index or a value) and, for classification,
+`probabilities` (one value per class).
 """
 
 import logging
 import os
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import ray.data
 import torch
@@ -20,7 +21,7 @@ from omegaconf import DictConfig
 from ..checkpoints import load, resolve
 from ..config import ConfigError, validate
 from ..training import cluster
-from .pipeline import build_source
+from .pipeline import build_source, uses_ray_data
 from .sources import DataError, columns, is_uri, resolve_path
 
 log = logging.getLogger(__name__)
@@ -42,20 +43,20 @@ logging.getLogger("ray.data.dataset").addFilter(FinishedJobCpuWarning())
 
 
 class Scorer:
-    """Ray Data actor: loads the checkpoint once, then scores batches of table rows."""
+    """Ray Data actor: loads the checkpoint once, then scores batches of rows."""
 
     def __init__(self, checkpoint_file: str, use_gpu: bool) -> None:
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model = load(checkpoint_file, device=device)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        columns = list(self.model.transform.feature_columns)
-        inputs = torch.from_numpy(self.model.transform(batch[columns].to_numpy()))
-        probabilities = self.model.probabilities(inputs).numpy()
-        scored = batch.drop(columns=columns)
-        scored["prediction"] = probabilities.argmax(axis=1).astype(np.int64)
-        # Python lists make a plain list<float> parquet column that any reader understands.
-        scored["probabilities"] = probabilities.tolist()
+        transform = self.model.transform
+        inputs = torch.from_numpy(transform.from_batch(batch))
+        scored = batch.drop(columns=list(transform.input_columns))
+        for name, values in self.model.predict(inputs).items():
+            values = values.numpy()
+            # Python lists make a plain list<float> parquet column that any reader understands.
+            scored[name] = values.tolist() if values.ndim > 1 else values
         return scored
 
 
@@ -70,8 +71,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             f"predict.output: {output} already holds files; choose another folder or remove it"
         )
+    if not uses_ray_data(cfg.data):
+        raise ConfigError(
+            "predict=batch reads the rows to score with the `data` group's source: choose a "
+            "data option with one (e.g. data=parquet data.source.path=...)"
+        )
     source = build_source(cfg.data)
-    source.check()  # before Ray starts
+    if transform.kind != "image":
+        source.check()  # before Ray starts
 
     cluster.connect(cfg.ray)
     if not ray.available_resources().get("CPU"):
@@ -79,11 +86,17 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             "No CPU of the Ray cluster is free now (Serve replicas, another job?): the scoring "
             "waits until one is. Free one, or score on a larger cluster (ray.address=...)."
         )
-    table = source.read()
-    missing = [c for c in transform.feature_columns if c not in table.schema().names]
+    if transform.kind == "image":
+        # Read at the size and colour mode the model was trained on, whatever the data option
+        # says: the checkpoint's transform decides what an input is.
+        source.size, source.mode = (transform.height, transform.width), transform.mode
+        table = source.read_unlabelled()
+    else:
+        table = source.read()
+    missing = [c for c in transform.input_columns if c not in table.schema().names]
     if missing:
         raise DataError(
-            f"the checkpoint's model needs the feature column(s) {columns(missing)}, which the "
+            f"the checkpoint's model needs the input column(s) {columns(missing)}, which the "
             f"data to score does not have; it has: {columns(table.schema().names)}"
         )
     scored = table.map_batches(

@@ -1,18 +1,22 @@
-"""Feature preprocessing: fitted on the training split, applied everywhere the model sees data.
+"""Input preprocessing: fitted on the training split, applied everywhere the model sees data.
 
-Training, batch prediction and serving all call the same `Transform`, rebuilt from plain lists
-stored in the Lightning checkpoint under `checkpoint["data"]`, so a served model sees exactly the
-features it was trained on. Read it back with
+Training, batch prediction and serving all call the same input transform, rebuilt from plain
+values stored in every checkpoint (checkpoints.py), so a served model sees exactly the inputs it
+was trained on. Each kind of input has one:
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    transform = load_transform(checkpoint)
-    inputs = transform(rows)   # rows: (N, num_features) or (N, *input_shape), any numeric type
+- `Transform` (here): table rows, standardised and reshaped to the model's input shape;
+- `ImageTransform` (images.py): pixel arrays, scaled and normalised per channel;
+- `TensorInputs` (here): arrays passed as they are, for a DataModule or a model's own loaders.
+
+Each has `kind`, `input_shape` (what the model takes), `raw_shapes` (how a client may nest one
+input), `input_columns` (the dataset columns it reads), `__call__(raw)` and `from_batch(batch)`
+(raw inputs or a Ray Data batch to float32 model inputs), and `state()`.
 """
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -28,6 +32,7 @@ _MIN_STD = 1e-8
 class Transform:
     """Features in, model inputs out: optional standardisation, then reshaping to input_shape."""
 
+    kind: ClassVar[str] = "table"
     feature_columns: tuple[str, ...]
     input_shape: tuple[int, ...]
     mean: tuple[float, ...] | None = None
@@ -48,9 +53,31 @@ class Transform:
             rows = (rows - np.asarray(self.mean)) / np.asarray(self.std)
         return rows.astype(np.float32).reshape(-1, *self.input_shape)
 
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return self.feature_columns
+
+    @property
+    def raw_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """A row is its features flat, or nested as the model's input shape."""
+        return ((len(self.feature_columns),), self.input_shape)
+
+    def from_batch(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self(np.stack([batch[column] for column in self.feature_columns], axis=1))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "shape": [len(self.feature_columns)],
+            "dtype": "number",
+            "feature_columns": list(self.feature_columns),
+            "also_accepted_shape": list(self.input_shape),
+        }
+
     def state(self) -> dict[str, Any]:
         """Plain lists and strings: what torch.load(weights_only=True) can read back."""
         return {
+            "kind": self.kind,
             "feature_columns": list(self.feature_columns),
             "input_shape": list(self.input_shape),
             "mean": None if self.mean is None else list(self.mean),
@@ -124,26 +151,89 @@ def _batch_moments(batch: pd.DataFrame, columns: list[str]) -> dict[str, np.ndar
     return {"count": np.array([len(values)]), "mean": mean[None], "m2": m2[None]}
 
 
-def load_transform(checkpoint: Mapping[str, Any]) -> Transform:
-    """The Transform a model was trained with, from its loaded Lightning checkpoint dict."""
+@dataclass(frozen=True)
+class TensorInputs:
+    """Inputs the model takes as they are (a DataModule's or the model's own batches): only the
+    shape is known, from the first training batch."""
+
+    kind: ClassVar[str] = "tensor"
+    input_shape: tuple[int, ...]
+    input_columns: ClassVar[tuple[str, ...]] = ("features",)
+
+    @property
+    def raw_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return (self.input_shape,)
+
+    def __call__(self, inputs: Any) -> np.ndarray:
+        values = np.asarray(inputs, dtype=np.float32)
+        return values.reshape(len(values), *self.input_shape)
+
+    def from_batch(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self(np.stack(list(batch["features"])))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "shape": list(self.input_shape), "dtype": "number"}
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.kind, "input_shape": list(self.input_shape)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "TensorInputs":
+        return cls(tuple(int(size) for size in state["input_shape"]))
+
+
+class InputTransform(Protocol):
+    """What training, prediction and serving use of any kind of input transform."""
+
+    kind: ClassVar[str]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+    @property
+    def raw_shapes(self) -> tuple[tuple[int, ...], ...]: ...
+    @property
+    def input_columns(self) -> tuple[str, ...]: ...
+    def __call__(self, raw: Any) -> np.ndarray: ...
+    def from_batch(self, batch: Mapping[str, np.ndarray]) -> np.ndarray: ...
+    def describe(self) -> dict[str, Any]: ...
+    def state(self) -> dict[str, Any]: ...
+
+
+def inputs_from_state(state: Mapping[str, Any]) -> InputTransform:
+    """The input transform saved as `state` (its `state()`)."""
+    kind = state.get("kind", "table")  # checkpoints written before images existed have none
+    if kind == "table":
+        return Transform.from_state(state)
+    if kind == "image":
+        from .images import ImageTransform
+
+        return ImageTransform.from_state(state)
+    if kind == "tensor":
+        return TensorInputs.from_state(state)
+    raise ValueError(f"unknown kind of inputs {kind!r}")
+
+
+def load_transform(checkpoint: Mapping[str, Any]) -> InputTransform:
+    """The input transform a model was trained with, from a checkpoint written before
+    checkpoints held the project's state in one entry (checkpoints.py reads the new ones)."""
     if CHECKPOINT_KEY not in checkpoint:
         raise KeyError(
             f"this checkpoint has no '{CHECKPOINT_KEY}' entry: it was not written by this "
             f"project's training loop, so its preprocessing is unknown"
         )
-    return Transform.from_state(checkpoint[CHECKPOINT_KEY])
+    return inputs_from_state(checkpoint[CHECKPOINT_KEY])
 
 
 class ToExamples:
-    """map_batches function: table rows to the `features` and `label` arrays the model trains on."""
+    """map_batches function: rows to the `features` and `label` arrays the model trains on."""
 
-    def __init__(self, transform: Transform, label_column: str) -> None:
+    def __init__(self, transform: InputTransform, label_column: str, label_dtype: type) -> None:
         self.transform = transform
         self.label_column = label_column
+        self.label_dtype = label_dtype
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        features = np.stack([batch[column] for column in self.transform.feature_columns], axis=1)
         return {
-            "features": self.transform(features),
-            "label": batch[self.label_column].astype(np.int64),
+            "features": self.transform.from_batch(batch),
+            "label": batch[self.label_column].astype(self.label_dtype),
         }

@@ -88,6 +88,23 @@ class DigitsSource(TableSource):
         return _from_pandas(self.frame())
 
 
+class DiabetesSource(TableSource):
+    """scikit-learn's bundled diabetes table, a regression target: 442 patients, 10 numeric
+    features (age, sex, bmi, bp, s1-s6), `target` a measure of disease progression a year later
+    (25-346). No download."""
+
+    def __init__(self) -> None:
+        super().__init__(label_column="target")
+
+    def frame(self) -> pd.DataFrame:
+        from sklearn.datasets import load_diabetes
+
+        return load_diabetes(as_frame=True).frame.astype(np.float64)
+
+    def read(self) -> ray.data.Dataset:
+        return _from_pandas(self.frame())
+
+
 class SyntheticSource(TableSource):
     """Random but learnable data of any size: each class is a Gaussian blob around its own centre.
 

@@ -15,8 +15,16 @@ import ray.data
 
 def is_validation(features: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray:
     """For each row of `features`, whether it belongs to the validation split."""
-    # float64 first, so that an int column in a CSV and the same values as floats agree.
-    hashes = pd.util.hash_pandas_object(features.astype(np.float64), index=False).to_numpy()
+    # Numbers as float64 first, so that an int column in a CSV and the same values as floats
+    # agree; text (an image's path) as it is.
+    keys = features.apply(
+        lambda column: (
+            column.astype(np.float64)
+            if pd.api.types.is_numeric_dtype(column)
+            else column.astype(str)
+        )
+    )
+    hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy()
     uniform = (_mix(hashes, seed) >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return uniform < val_fraction
 

@@ -16,7 +16,7 @@ class CNN(nn.Sequential):
     def __init__(
         self,
         input_shape: tuple[int, ...],
-        num_classes: int,
+        num_outputs: int,
         channels: int = 32,
         num_blocks: int = 2,
         dropout: float = 0.1,
@@ -43,6 +43,6 @@ class CNN(nn.Sequential):
             nn.AdaptiveAvgPool2d(pooled_size),
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(in_channels * pooled_size**2, num_classes),
+            nn.Linear(in_channels * pooled_size**2, num_outputs),
         ]
         super().__init__(*layers)

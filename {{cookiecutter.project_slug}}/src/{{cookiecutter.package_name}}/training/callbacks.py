@@ -1,5 +1,7 @@
 """Lightning callbacks that run inside every Ray Train worker."""
 
+import logging
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -7,11 +9,14 @@ from typing import Any
 
 import lightning as L
 import ray.train
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
-from ..checkpoints import CHECKPOINT_FILE
-from ..data.preprocessing import CHECKPOINT_KEY
+from ..checkpoints import CHECKPOINT_FILE, PROJECT_KEY
+from ..data.preprocessing import TensorInputs
+
+log = logging.getLogger(__name__)
 
 
 class RayReportCallback(L.Callback):
@@ -22,18 +27,38 @@ class RayReportCallback(L.Callback):
     callback ends the run early, if it decides by the end of validation (Lightning runs
     EarlyStopping's end-of-epoch check after this callback: callbacks/early_stopping.yaml sets
     `check_on_train_epoch_end: false`).
+
+    Checkpoints are ranked by `metric`. A model of your own may not log it (or log no
+    validation metric at all): the run then says so once, and every report carries the worst
+    possible value in its place, so that the latest checkpoints are kept and the last one is
+    the best; summaries leave such placeholders out (checkpoints.is_placeholder).
     """
 
-    def __init__(self, every_n_epochs: int = 1) -> None:
+    def __init__(
+        self, every_n_epochs: int = 1, metric: str = "val_loss", mode: str = "min"
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"checkpoint.every_n_epochs must be at least 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
+        self.metric = metric
+        self.placeholder = math.inf if mode == "min" else -math.inf
+        self.warned = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         metrics = {name: value.item() for name, value in trainer.callback_metrics.items()}
         metrics["epoch"] = epoch
         metrics["step"] = trainer.global_step
+        if self.metric not in metrics:
+            if not self.warned and trainer.is_global_zero:
+                log.warning(
+                    "The model logs no %r (it logs: %s): checkpoints follow the latest epoch. Set "
+                    "checkpoint.metric (and search.metric) to a metric it logs to keep the best.",
+                    self.metric,
+                    ", ".join(sorted(metrics)),
+                )
+            self.warned = True
+            metrics[self.metric] = self.placeholder
         # The run's last epoch: max_epochs reached, or a callback (EarlyStopping) stops it now.
         last = trainer.should_stop or (
             trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
@@ -53,20 +78,75 @@ class RayReportCallback(L.Callback):
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-class SaveDataState(L.Callback):
-    """Store the data's preprocessing and columns in every checkpoint, under `checkpoint["data"]`.
+class SaveProjectState(L.Callback):
+    """Store what rebuilds the model for inference in every checkpoint, under PROJECT_KEY: the
+    model's config, the task and the input transform (checkpoints.project_state).
 
-    Batch prediction and serving rebuild the exact training-time transform from it with
-    `data.preprocessing.load_transform`. Plain values only, for torch.load(weights_only=True).
+    Batch prediction and serving rebuild the exact model and preprocessing from it. Plain values
+    only, for torch.load(weights_only=True). Where the data's inputs are not known in advance
+    (a DataModule, the model's own dataloaders), the first training batch tells their shape.
     """
 
     def __init__(self, state: dict[str, Any]) -> None:
         self.state = state
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.state.get("inputs") is not None:
+            return
+        inputs = batch[0] if isinstance(batch, list | tuple) else batch
+        if isinstance(inputs, torch.Tensor):
+            shape = tuple(int(size) for size in inputs.shape[1:])
+            self.state["inputs"] = TensorInputs(shape).state()
+            self.state["input_shape"] = list(shape)
+
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.state
+        checkpoint[PROJECT_KEY] = self.state
+
+
+class KeepConfiguredOptimizerSettings(L.Callback):
+    """A resumed run trains with the optimizer settings it is configured with now, not those
+    saved in the checkpoint it resumes from.
+
+    Lightning restores the optimizer's state, learning rate included, after the model has
+    configured its optimizers: a run resumed with a new `lr` (population based training does
+    this) would otherwise go on with the old one. Works for any LightningModule. With a
+    learning-rate scheduler the restored schedule is kept as it is (it computes each step's
+    rate from its own saved values), and the run says so if the configured rate differs.
+    """
+
+    KEYS = ("lr", "weight_decay", "momentum")
+
+    def __init__(self) -> None:
+        self.configured: list[list[dict[str, Any]]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Called after configure_optimizers, before the checkpoint's state is restored.
+        self.configured = [
+            [{key: group[key] for key in self.KEYS if key in group} for group in opt.param_groups]
+            for opt in trainer.optimizers
+        ]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        scheduled = bool(trainer.lr_scheduler_configs)
+        for optimizer, groups in zip(trainer.optimizers, self.configured, strict=False):
+            for group, settings in zip(optimizer.param_groups, groups, strict=False):
+                for key, value in settings.items():
+                    if key == "lr" and scheduled:
+                        if value != group.get("initial_lr", value) and trainer.is_global_zero:
+                            log.warning(
+                                "Resumed with lr=%s, but the restored learning-rate schedule "
+                                "goes on from lr=%s.",
+                                value,
+                                group["initial_lr"],
+                            )
+                        continue
+                    group[key] = value
 
 
 class HyperparametersToTensorBoard(L.Callback):

@@ -16,11 +16,12 @@ from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, Scalin
 from ray.train.torch import TorchTrainer
 
 from .. import teardown
-from ..checkpoints import RESULT_FILE, CheckpointError
+from ..checkpoints import RESULT_FILE, CheckpointError, is_placeholder
 from ..config import ConfigError, first_line, validate
 from ..data import build_source, prepare_reusing
+from ..data.pipeline import build_task, uses_ray_data
 from ..data.sources import resolve_path
-from ..models import build_net
+from ..models import build_model, is_lightning_module, model_class
 from ..tuning import reporting
 from . import cluster
 
@@ -78,7 +79,7 @@ def trained_epochs(path: str) -> int:
 
 
 def check_model(
-    model_cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, forward: bool = True
+    model_cfg: DictConfig, input_shape: tuple[int, ...], num_outputs: int, forward: bool = True
 ) -> None:
     """Fail here, in one message, if the network cannot take the data, rather than in every
     worker once they have started.
@@ -87,20 +88,23 @@ def check_model(
     `forward` (workers on CPUs, like this driver: a GPU model may use CUDA-only kernels), one of
     up to FORWARD_CHECK_PARAMETERS parameters is then built for real and passed a batch of 2
     (milliseconds). A forward pass on the meta device would cost a second of imports instead.
+    A LightningModule of yours is not checked here: building it would import Lightning.
     """
+    if is_lightning_module(model_class(model_cfg)):
+        return
     try:
         with torch.device("meta"):
-            net = build_net(model_cfg, input_shape, num_classes)
+            net = build_model(model_cfg, input_shape, num_outputs)
     except InstantiationException:
         # The constructor refused (its message is printed without a traceback), or it cannot
         # run on the meta device: a real build raises the former again and passes the latter.
-        net = build_net(model_cfg, input_shape, num_classes)
+        net = build_model(model_cfg, input_shape, num_outputs)
     if not forward or sum(p.numel() for p in net.parameters()) > FORWARD_CHECK_PARAMETERS:
         return
     name = model_cfg.get("_target_", "the model")
     try:
         with torch.no_grad():
-            logits = build_net(model_cfg, input_shape, num_classes).eval()(
+            outputs = build_model(model_cfg, input_shape, num_outputs).eval()(
                 torch.zeros(2, *input_shape)
             )
     except Exception as error:
@@ -108,10 +112,10 @@ def check_model(
             f"{name} cannot take this data's inputs, shaped {tuple(input_shape)}: "
             f"{type(error).__name__}: {first_line(error)}"
         ) from error
-    if tuple(logits.shape) != (2, num_classes):
+    if tuple(outputs.shape) != (2, num_outputs):
         raise ConfigError(
-            f"{name} gives outputs shaped {tuple(logits.shape)} for a batch of 2; with "
-            f"{num_classes} classes they must be shaped (2, {num_classes})"
+            f"{name} gives outputs shaped {tuple(outputs.shape)} for a batch of 2; for this "
+            f"task they must be shaped (2, {num_outputs})"
         )
 
 
@@ -128,19 +132,29 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
                 f"trainer.max_epochs={cfg.trainer.max_epochs}: nothing is left to train. Raise "
                 "trainer.max_epochs to train on."
             )
-    if not ray.is_initialized():
+    ray_data = uses_ray_data(cfg.data)
+    if ray_data and not ray.is_initialized():
         # This process starts Ray (or joins it) now: a missing data file fails first, in
         # seconds. Inside a sweep's trial the driver has read the data, maybe on another node.
         build_source(cfg.data).check()
     cluster.connect(cfg.ray)
     cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
-    # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
-    data = prepare_reusing(cfg.data)
-    data.check_shards(cfg.scaling.num_workers)
-    check_model(cfg.model, data.input_shape, data.num_classes, forward=not cfg.scaling.use_gpu)
     loop_config = OmegaConf.to_container(cfg, resolve=True)
-    loop_config["data_info"] = data.worker_info()
     loop_config["launch_dir"] = os.getcwd()
+    if not ray_data:
+        # A LightningDataModule or the model's own dataloaders: the workers load the data.
+        loop_config["data_info"] = unprepared_data_info(cfg.task)
+        return TorchTrainer(
+            run_worker,
+            train_loop_config=loop_config,
+            scaling_config=scaling_config(cfg.scaling),
+            run_config=run_config(cfg, callbacks),
+        )
+    # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
+    data = prepare_reusing(cfg.data, cfg.task)
+    data.check_shards(cfg.scaling.num_workers)
+    check_model(cfg.model, data.input_shape, data.num_outputs, forward=not cfg.scaling.use_gpu)
+    loop_config["data_info"] = data.worker_info()
     return TorchTrainer(
         run_worker,
         train_loop_config=loop_config,
@@ -151,11 +165,34 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
     )
 
 
+def unprepared_data_info(task_cfg: DictConfig) -> dict[str, Any]:
+    """The workers' data_info when no Ray Dataset feeds them: the task as configured (it sees no
+    labels in advance, so a network's output size comes from `task.num_classes`), inputs
+    unknown until the first batch."""
+    task = build_task(task_cfg)
+    try:
+        num_outputs = task.num_outputs
+    except RuntimeError:
+        num_outputs = None
+    return {
+        "input_shape": None,
+        "num_outputs": num_outputs,
+        "train_rows": None,
+        "val_rows": None,
+        "task": task.state(),
+        "inputs": None,
+    }
+
+
 def summarize(result: Result, cfg: DictConfig) -> dict[str, Any]:
     """What result.json holds: final metrics, the best checkpoint and where everything is."""
     best = None
     if result.best_checkpoints:
-        best = result.get_best_checkpoint(cfg.checkpoint.metric, cfg.checkpoint.mode)
+        ranked = [m.get(cfg.checkpoint.metric) for _, m in result.best_checkpoints]
+        if any(value is None or is_placeholder(value) for value in ranked):
+            best = result.best_checkpoints[-1][0]  # the model does not log it: the latest
+        else:
+            best = result.get_best_checkpoint(cfg.checkpoint.metric, cfg.checkpoint.mode)
     best_metrics = next((m for c, m in result.best_checkpoints if best and c.path == best.path), {})
     return {
         "metrics": _plain(result.metrics or {}),
@@ -209,4 +246,9 @@ def write_result(summary: dict[str, Any], output_dir: str) -> Path:
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
+    """JSON-ready metrics, without the placeholder of a metric the model does not log."""
+    return {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, int | float | str | bool) and not is_placeholder(v)
+    }

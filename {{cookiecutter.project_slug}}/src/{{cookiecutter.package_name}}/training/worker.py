@@ -1,4 +1,10 @@
-"""The function each Ray Train worker runs: build data, model and Lightning trainer, then fit."""
+"""The function each Ray Train worker runs: build data, model and Lightning trainer, then fit.
+
+Nothing here depends on the task: the model is either a LightningModule of yours or a network
+that TaskModule trains for the configured task (tasks/), and the data either comes as this
+worker's Ray Data shards, from a LightningDataModule (`data.datamodule`), or from the model's
+own dataloaders (`data=none`).
+"""
 
 import logging
 import os
@@ -16,33 +22,45 @@ from omegaconf import DictConfig, OmegaConf
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
 from .. import teardown
-from ..checkpoints import CHECKPOINT_FILE
+from ..checkpoints import CHECKPOINT_FILE, project_state
 from ..data.loader import ShardBatches
 from ..data.pipeline import hide_progress_notice
-from ..models import METRICS, Classifier, build_net
+from ..models import build_model
+from ..tasks import Task, load_task
+from ..tasks.module import TaskModule
 from .callbacks import (
     HyperparametersToTensorBoard,
+    KeepConfiguredOptimizerSettings,
     RayReportCallback,
-    SaveDataState,
+    SaveProjectState,
     flat_hyperparameters,
 )
 
 # What TensorBoard's HParams tab lists for a run: the settings a sweep varies, and every metric
 # Lightning writes to TensorBoard (all but the step, which is each point's x); the epoch column
 # shows how far a trial that a sweep stopped got.
-HYPERPARAMETER_GROUPS = ("model", "data", "optimizer", "trainer")
-TENSORBOARD_METRICS = tuple(name for name in METRICS if name != "step")
+HYPERPARAMETER_GROUPS = ("model", "data", "task", "optimizer", "scheduler", "trainer")
 
 
-def build_model(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
-    """The configured network wrapped in the Lightning classifier."""
-    net = build_net(cfg.model, input_shape, num_classes)
-    architecture = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "input_shape": [int(size) for size in input_shape],
-        "num_classes": int(num_classes),
-    }
-    return Classifier(net=net, optimizer=instantiate(cfg.optimizer), architecture=architecture)
+def build_module(
+    cfg: DictConfig, task: Task, input_shape: tuple[int, ...] | None
+) -> tuple[L.LightningModule, str]:
+    """The LightningModule to fit, and its kind: "module" (yours, as configured) or "network"
+    (the configured network in TaskModule, with the task's loss and metrics)."""
+    num_outputs = task.num_outputs if _task_fitted(task) else None
+    model = build_model(cfg.model, input_shape, num_outputs)
+    if isinstance(model, L.LightningModule):
+        return model, "module"
+    scheduler = instantiate(cfg.scheduler) if "_target_" in cfg.get("scheduler", {}) else None
+    return TaskModule(model, task, instantiate(cfg.optimizer), scheduler), "network"
+
+
+def _task_fitted(task: Task) -> bool:
+    try:
+        task.num_outputs  # noqa: B018 - raises until the task knows its output size
+    except RuntimeError:
+        return False
+    return True
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
@@ -71,24 +89,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(int(threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    # The driver prepared the data (run.py); this worker reads only its own shard of each split.
+    # The driver prepared the data (run.py) and fitted the task; with Ray Data, this worker
+    # reads only its own shard of each split.
     info = cfg.data_info
-    model = build_model(cfg, info.input_shape, info.num_classes)
-    train_batches = ShardBatches(
-        "train",
-        cfg.data.batch_size,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        seed=cfg.seed,
-        prefetch_batches=cfg.data.prefetch_batches,
-        num_rows=info.train_rows,
-        cache=cfg.data.cache_in_worker,
-    )
-    val_batches = ShardBatches(
-        "val",
-        cfg.data.batch_size,
-        prefetch_batches=cfg.data.prefetch_batches,
-        num_rows=info.val_rows,
-        cache=cfg.data.cache_in_worker,
+    task = load_task(OmegaConf.to_container(info.task))
+    data = _data(cfg)
+    input_shape = info.input_shape
+    if "datamodule" in data:
+        input_shape = _datamodule_sizes(data["datamodule"], task)
+    model, kind = build_module(cfg, task, input_shape)
+    state = project_state(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        kind,
+        input_shape,
+        task.num_outputs if _task_fitted(task) else None,
+        task.state(),
+        OmegaConf.to_container(info.inputs) if info.inputs else None,
     )
     world_size = ray.train.get_context().get_world_size()
     _quiet_false_alarms(world_size)
@@ -97,9 +113,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         accelerator="gpu" if cfg.scaling.use_gpu else "cpu",
         **_distribution(world_size),
         callbacks=[
-            RayReportCallback(cfg.checkpoint.every_n_epochs),
-            SaveDataState(OmegaConf.to_container(info.checkpoint_state)),
-            HyperparametersToTensorBoard(hyperparameters(cfg), TENSORBOARD_METRICS),
+            RayReportCallback(
+                cfg.checkpoint.every_n_epochs, cfg.checkpoint.metric, cfg.checkpoint.mode
+            ),
+            SaveProjectState(state),
+            KeepConfiguredOptimizerSettings(),
+            HyperparametersToTensorBoard(hyperparameters(cfg), _shown_metrics(cfg, task, kind)),
             *(instantiate(callback) for callback in cfg.callbacks.values()),
         ],
         # No "hp_metric" placeholder (-1 in every run): HyperparametersToTensorBoard names the
@@ -113,7 +132,57 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trainer = prepare_trainer(trainer)  # checks the strategy and environment are Ray's
 
     with ExitStack() as stack:
-        trainer.fit(model, train_batches, val_batches, ckpt_path=_resume_path(stack, cfg))
+        trainer.fit(model, **data, ckpt_path=_resume_path(stack, cfg))
+
+
+def _data(cfg: DictConfig) -> dict[str, Any]:
+    """trainer.fit's data arguments: this worker's Ray Data shards, a LightningDataModule, or
+    nothing (the model's own dataloaders). Lightning shards the latter two across workers with
+    its distributed sampler."""
+    if cfg.data.get("source") is not None:
+        return {
+            "train_dataloaders": ShardBatches(
+                "train",
+                cfg.data.batch_size,
+                shuffle_buffer=cfg.data.shuffle_buffer,
+                seed=cfg.seed,
+                prefetch_batches=cfg.data.prefetch_batches,
+                num_rows=cfg.data_info.train_rows,
+                cache=cfg.data.cache_in_worker,
+                augment=cfg.data.get("augment"),
+            ),
+            "val_dataloaders": ShardBatches(
+                "val",
+                cfg.data.batch_size,
+                prefetch_batches=cfg.data.prefetch_batches,
+                num_rows=cfg.data_info.val_rows,
+                cache=cfg.data.cache_in_worker,
+            ),
+        }
+    if cfg.data.get("datamodule") is not None:
+        return {"datamodule": instantiate(cfg.data.datamodule)}
+    return {}
+
+
+def _datamodule_sizes(datamodule: L.LightningDataModule, task: Task) -> tuple[int, ...] | None:
+    """The input shape of a LightningDataModule's first training batch; the task takes its
+    `num_classes` attribute if it has one and the task was not told how many classes there are.
+    """
+    if getattr(task, "num_classes", False) is None and getattr(datamodule, "num_classes", None):
+        task.num_classes = int(datamodule.num_classes)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    inputs = batch[0] if isinstance(batch, list | tuple) else batch
+    return tuple(inputs.shape[1:]) if isinstance(inputs, torch.Tensor) else None
+
+
+def _shown_metrics(cfg: DictConfig, task: Task, kind: str) -> tuple[str, ...]:
+    """The metrics TensorBoard's HParams tab lists: the task's, or for a module of yours the
+    one that ranks checkpoints (what else it logs is known only once it runs)."""
+    if kind == "network":
+        return tuple(name for name in task.reported_metrics() if name != "step")
+    return (cfg.checkpoint.metric, "epoch")
 
 
 def _distribution(world_size: int) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from ray.tune.search.sample import Domain
 
 from ..config import ConfigError, validate
 from ..data import build_source, prepare
+from ..data.pipeline import uses_ray_data
+from ..models import is_lightning_module, model_class
 from ..training import cluster
 from ..training.run import check_model
 from . import results
@@ -113,6 +115,34 @@ def _trial_error(trial: Any) -> str:
     return f"{results.error_line(text)} (traceback: {trial.path}/{results.ERROR_FILE})"
 
 
+OPTIMIZER_GROUPS = ("optimizer", "scheduler")
+
+
+def _params_for_model(
+    config: DictConfig, arguments: list[str], params: dict[str, Any]
+) -> dict[str, Any]:
+    """`search.params` without the optimizer settings when the model is a LightningModule of
+    yours: its `configure_optimizers` rules, so varying `optimizer.lr` would change nothing.
+    Such a key given on the command line stops the sweep instead."""
+    if not is_lightning_module(model_class(config.model)):
+        return params
+    name = config.model._target_.rsplit(".", 1)[-1]
+    given = [a.split("=", 1)[0] for a in arguments if a.split(".", 1)[0] in OPTIMIZER_GROUPS]
+    if given:
+        raise SearchSpaceError(
+            f"{name} configures its own optimizer, so sweeping {', '.join(given)} changes "
+            "nothing: sweep its own settings instead, e.g. model.lr=tag(log, interval(1e-4, 0.1))"
+        )
+    kept = {k: v for k, v in params.items() if k.split(".", 1)[0] not in OPTIMIZER_GROUPS}
+    if len(kept) < len(params):
+        log.info(
+            "%s configures its own optimizer: search.params' %s left out of the sweep",
+            name,
+            ", ".join(k for k in params if k not in kept),
+        )
+    return kept
+
+
 def run_sweep(
     *,
     config: DictConfig,
@@ -130,6 +160,7 @@ def run_sweep(
 
     params = search.get("params")
     params = OmegaConf.to_container(params, resolve=True) if params else {}
+    params = _params_for_model(config, arguments, params)
     space = build(
         arguments, params, shuffle_grid=bool(search.get("shuffle_grid")), seed=int(config.seed)
     )
@@ -142,7 +173,8 @@ def run_sweep(
         )
     num_samples = space.repeats(int(search.num_samples))
     scheduler = make_scheduler(search.get("scheduler"), space)
-    build_source(config.data).check()
+    if uses_ray_data(config.data):
+        build_source(config.data).check()
 
     cluster.connect(config.ray)
     autoscaling = bool(config.ray.autoscaling)
@@ -162,12 +194,12 @@ def run_sweep(
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
     # Once here rather than in every trial (most keep the sweep's data config); a bad data
     # config also stops the sweep now, before any trial starts.
-    data = prepare(config.data)
-    if not space.varies("model", "data"):
+    data = prepare(config.data, config.task) if uses_ray_data(config.data) else None
+    if data is not None and not space.varies("model", "data", "task"):
         # Every trial builds this network for these inputs: a mismatch stops the sweep now,
         # in one message, rather than each trial in turn with a traceback.
         check_model(
-            config.model, data.input_shape, data.num_classes, forward=not config.scaling.use_gpu
+            config.model, data.input_shape, data.num_outputs, forward=not config.scaling.use_gpu
         )
     context = TrialContext(config, hydra_context, task_function, space, Singleton.get_state(), data)
     trainable = tune.with_resources(

@@ -73,7 +73,7 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     Singleton.set_state(context.hydra_state)
     setup_globals()
     if context.data is not None:
-        reuse_prepared(context.config.data, context.data)
+        reuse_prepared(context.config.data, context.config.task, context.data)
     number = job_number(tune.get_context().get_trial_dir())
     # Tune starts each trial in a working folder of its own. Work where the sweep was started,
     # so that relative paths (the default results folder, a data file, a checkpoint) mean what
