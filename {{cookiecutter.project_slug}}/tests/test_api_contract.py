@@ -234,7 +234,8 @@ def test_metadata_describes_each_task_and_its_inputs(apis: dict[str, Served]) ->
     table = apis["table classifier"].send("GET", "/metadata").json()
     assert table["task"] == {"task": "classification", "classes": list(range(10))}
     assert table["inputs"]["kind"] == "table" and table["inputs"]["shape"] == [64]
-    assert table["inputs"]["dtype"] == "number" and table["inputs"]["feature_columns"] == list(COLUMNS)
+    assert table["inputs"]["dtype"] == "number"
+    assert table["inputs"]["feature_columns"] == list(COLUMNS)
     assert table["input_shape"] == [1, 8, 8] and table["max_rows_per_request"] == MAX_ROWS
     assert "max_image_bytes" not in table
     regression = apis["regression"].send("GET", "/metadata").json()
@@ -409,7 +410,6 @@ def test_bodies_that_are_not_valid_json_requests_are_refused(
     api.still_serves()
 
 
-
 def test_a_body_that_is_not_utf8_gets_400_with_a_json_detail(api: Served) -> None:
     for body in (b"\xff\xfe\x00{", '{"inputs": [[0.5]]}'.encode("utf-16")):
         response = api.send("POST", "/predict", content=body, headers=JSON_HEADERS)
@@ -447,9 +447,10 @@ def test_values_that_overflow_the_network_get_the_listed_422(tmp_path: Path) -> 
     response = api.predict(body)
     assert response.status_code == 422
     assert "inputs[1]" in response.json()["detail"] and "overflow" in response.json()["detail"]
-    assert "overflow float32" in api.openapi["paths"]["/predict"]["post"]["responses"]["422"][
-        "description"
-    ]
+    assert (
+        "overflow float32"
+        in api.openapi["paths"]["/predict"]["post"]["responses"]["422"]["description"]
+    )
     api.still_serves()
 
 
@@ -505,7 +506,9 @@ def test_image_route_of_a_model_without_images_answers_415(
 ) -> None:
     api = apis[name]
     png = image_file(np.zeros((8, 8), dtype=np.uint8))
-    response = api.send("POST", "/predict/image", content=png, headers={"content-type": "image/png"})
+    response = api.send(
+        "POST", "/predict/image", content=png, headers={"content-type": "image/png"}
+    )
     assert response.status_code == 415 and "POST /predict" in response.json()["detail"]
     api.still_serves()
 

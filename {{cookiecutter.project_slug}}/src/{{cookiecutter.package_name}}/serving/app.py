@@ -149,7 +149,7 @@ def response_schema(task: Task, max_rows: int) -> dict[str, Any]:
         "required": list(properties),
         "additionalProperties": False
         if closed
-        else {"type": "array", "description": f"more values of the task's, {in_order}"},
+        else {"type": "array", "description": f"more values from the task, {in_order}"},
     }
 
 
@@ -230,8 +230,8 @@ def make_api(contract: Contract, server_of: Callable[[], "ModelServer"]) -> Fast
         description=f"Predictions of a trained model ({contract.task.get('task', 'task')} of "
         f"{spec.kind} inputs). Send a batch of inputs to POST /predict"
         + (", or an image file to POST /predict/image." if takes_images else ".")
-        + " This schema is the model's own: it states what an input is and what an answer "
-        "holds, and the server accepts exactly the requests it describes.",
+        + " This schema is the served model's own: what an input is, what an answer holds, "
+        "and each route's status codes. Every request valid by it is answered.",
     )
 
     @api.get("/health", responses=SERVE_RESPONSES)

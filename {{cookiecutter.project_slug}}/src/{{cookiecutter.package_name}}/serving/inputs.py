@@ -23,9 +23,9 @@ import numpy as np
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Standardised values are kept this far below FLOAT32_MAX, against float64 rounding on the way.
 _STANDARDISED_MAX = FLOAT32_MAX * (1 - 2**-20)
-EXAMPLE_BODY = '{"inputs": [[...], ...]}'
 # A schema's example request is left out when one input has more numbers than this.
 _MAX_EXAMPLE_SIZE = 256
+EXAMPLE_BODY = '{"inputs": [[...], ...]}'  # for messages
 
 
 class InvalidInput(ValueError):
@@ -72,8 +72,8 @@ def to_features(
     values: list[float] = []
     for index, row in enumerate(rows):
         depth = _depth(row)
-        # Nestings differ in depth or in a length: at most one can fit, and a row that fits
-        # none is described against the one it is closest to.
+        # Nestings differ in depth or in a length, so at most one fits. A row that fits none
+        # is described against the first of its depth (else the flat one, or the model's).
         candidates = [shape for shape in accepted if len(shape) == depth]
         candidates = candidates or [accepted[0] if depth <= 1 else input_shape]
         first_error: InvalidInput | None = None
@@ -191,13 +191,11 @@ class InputSpec:
 
     def request_schema(self) -> dict[str, Any]:
         """The JSON Schema of a request body: what check() accepts, exactly."""
-        number = {"type": "number", "minimum": _plain(self.minimum)}
-        number["maximum"] = _plain(self.maximum)
+        low, high = _plain(self.minimum), _plain(self.maximum)
+        number = {"type": "number", "minimum": low, "maximum": high}
         nestings = [
             {
-                "title": f"{' x '.join(map(str, shape))} numbers"
-                if len(shape) > 1
-                else f"{shape[0]} numbers",
+                "title": f"{' x '.join(map(str, shape))} numbers",
                 "description": "flat, in order" if index == 0 else f"nested as {list(shape)}",
                 **_nested(shape, number),
             }
@@ -214,7 +212,7 @@ class InputSpec:
                     "title": "Inputs",
                     "description": f"1 to {self.max_rows} {self.kind} inputs, each its "
                     f"{math.prod(self.shapes[-1])} numbers flat{nested}; numbers from "
-                    f"{_plain(self.minimum):g} to {_plain(self.maximum):g}.",
+                    f"{low:g} to {high:g}.",
                     "type": "array",
                     "minItems": 1,
                     "maxItems": self.max_rows,
@@ -226,8 +224,8 @@ class InputSpec:
         }
         size = math.prod(self.shapes[-1])
         if size <= _MAX_EXAMPLE_SIZE:
-            middle = 0.0 if self.minimum < 0 < self.maximum else _plain(self.minimum)
-            schema["examples"] = [{"inputs": [[middle] * size]}]
+            value = 0 if low <= 0 <= high else low
+            schema["examples"] = [{"inputs": [[value] * size]}]
         return schema
 
 
