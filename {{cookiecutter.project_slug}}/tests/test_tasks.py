@@ -1,8 +1,9 @@
 """Every shipped task end to end, and models and data of your own, on the shared CPU cluster.
 
-- regression on a table (data=diabetes): train, batch-predict, serve;
-- image classification from files (data=digit_images model=cnn): train, batch-predict a folder,
-  serve image uploads and arrays;
+- regression on a table (data=diabetes): an ASHA sweep ranked by a regression metric, then its
+  best trial served and batch-predicted;
+- image classification from files (data=digit_images model=cnn): a sweep, then its best trial
+  serving image uploads and arrays and batch-predicting a folder;
 - a LightningModule of your own (model=lit_mlp): ASHA and PBT sweeps, batch prediction, and with
   a LightningDataModule (data=digits_datamodule) on 2 workers, resumed.
 Classification of feature rows (the default) is what the other test files run.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import yaml
 import pandas as pd
 import pytest
 import torch
@@ -46,6 +48,19 @@ def batch_predict(ray_address: str, run_dir: Path, output: Path, *data: str) -> 
     return pd.read_parquet(output)
 
 
+def sweep_best(ray_address: str, sweep_dir: Path, *overrides: str) -> Path:
+    """Run `python train.py -m search=asha <overrides>` over a good and a hopeless learning
+    rate, check that the good one wins, and return its folder."""
+    proc = run_train(
+        "-m", "search=asha", *overrides, f"hydra.sweep.dir={sweep_dir}", ray_address=ray_address
+    )
+    assert proc.returncode == 0, failure(proc)
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert len(trials(sweep_dir)) == 2
+    assert best["best_params"]["optimizer.lr"] == 0.003, best
+    return Path(best["best_output_dir"])
+
+
 @pytest.fixture
 def stop_serve():
     """Leave the shared cluster without Serve replicas holding CPUs, whatever happens."""
@@ -53,15 +68,25 @@ def stop_serve():
     serve.shutdown()
 
 
-def test_regression_trains_predicts_and_serves_values(
+def test_regression_sweeps_then_its_best_trial_serves_and_predicts_values(
     ray_address: str, tmp_path: Path, stop_serve: None
 ) -> None:
-    run_dir = tmp_path / "run"
-    command = ServeCommand(
+    # Trials ranked by a metric only regression reports, in the target's units.
+    run_dir = sweep_best(
+        ray_address,
+        tmp_path / "sweep",
         "data=diabetes",
         "trainer.max_epochs=15",
+        "search.metric=val_mae",
+        "optimizer.lr=0.003,1e-6",
+    )
+    ranked_by = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert ranked_by["metric"] == "val_mae" and 25 < ranked_by["best_value"] < 60
+    command = ServeCommand(
         "serve=local",
-        run_dir=run_dir,
+        "serve.only=true",
+        f"ckpt_path={run_dir}",
+        run_dir=tmp_path / "serve",
         ray_address=ray_address,
     )
     command.wait_until_healthy()
@@ -105,18 +130,24 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_images_train_from_folders_predict_a_folder_and_serve_uploads(
+def test_images_from_folders_sweep_serve_uploads_and_predict_a_folder(
     ray_address: str, tmp_path: Path, stop_serve: None
 ) -> None:
     images = tmp_path / "digit_images"  # written on first use, one subfolder per class
-    run_dir = tmp_path / "run"
-    command = ServeCommand(
+    run_dir = sweep_best(
+        ray_address,
+        tmp_path / "sweep",
         "data=digit_images",
         f"data.source.path={images}",
         "model=cnn",
         "trainer.max_epochs=3",
+        "optimizer.lr=0.003,1e-6",
+    )
+    command = ServeCommand(
         "serve=local",
-        run_dir=run_dir,
+        "serve.only=true",
+        f"ckpt_path={run_dir}",
+        run_dir=tmp_path / "serve",
         ray_address=ray_address,
     )
     command.wait_until_healthy()
