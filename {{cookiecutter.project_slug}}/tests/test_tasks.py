@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import yaml
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 from ray import serve
 
