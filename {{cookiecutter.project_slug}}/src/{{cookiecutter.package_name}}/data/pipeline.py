@@ -145,6 +145,7 @@ def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
     declared = getattr(source, "num_classes", None)
     if declared is not None and getattr(task, "num_classes", False) is None:
         task.num_classes = declared  # the data says how many classes there are
+    task.check_labels(table, source.label_column)  # all rows, the validation rows' too
     train_table, val_table = train_val_split(
         table, split_columns, data_cfg.val_fraction, data_cfg.split_seed
     )

@@ -1,7 +1,8 @@
 """The Task interface: everything that differs between tasks, in one place per task.
 
-The driver builds the task from `configs/task/<name>.yaml` and lets it read the training labels
-(`fit`: the number of classes, the target's scale). From then on the task is plain values
+The driver builds the task from `configs/task/<name>.yaml`, lets it check every label
+(`check_labels`: and count the classes) and learn from the training rows' labels (`fit`: the
+target's scale). From then on the task is plain values
 (`state()`), shipped to the workers and saved in every checkpoint, so that serving and batch
 prediction rebuild the same task (`load_task`) without unpickling code.
 """
@@ -29,9 +30,14 @@ class Task:
     label_dtype: ClassVar[type] = np.int64
 
     # -- in the driver, before training ------------------------------------------------------
-    def fit(self, table: ray.data.Dataset, label_column: str) -> None:
-        """Check the labels of `table` (the training rows) and learn what the task needs from
-        them. Raise DataError with a one-line message if they cannot work."""
+    def check_labels(self, table: ray.data.Dataset, label_column: str) -> None:
+        """Check the labels of every row, before the split (a bad label among the validation
+        rows counts too), and learn what all rows tell (the number of classes). Raise DataError
+        with a one-line message if they cannot work."""
+
+    def fit(self, train: ray.data.Dataset, label_column: str) -> None:
+        """Learn what the task needs from the training rows' labels (never the validation
+        rows': e.g. the target's mean and spread)."""
 
     @property
     def num_outputs(self) -> int:

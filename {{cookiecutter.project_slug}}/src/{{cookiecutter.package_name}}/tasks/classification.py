@@ -30,7 +30,7 @@ class Classification(Task):
             raise ValueError(f"task.num_classes must be at least 2, got {num_classes}")
         self.num_classes = num_classes
 
-    def fit(self, table: ray.data.Dataset, label_column: str) -> None:
+    def check_labels(self, table: ray.data.Dataset, label_column: str) -> None:
         self.num_classes = check_class_labels(table, label_column, self.num_classes)
 
     @property

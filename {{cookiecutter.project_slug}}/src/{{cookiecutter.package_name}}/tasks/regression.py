@@ -39,17 +39,11 @@ class Regression(Task):
         self.target_std = target_std
         self.target_name = target_name
 
-    def fit(self, table: ray.data.Dataset, label_column: str) -> None:
-        parts = table.map_batches(
-            partial(_target_moments, column=label_column), batch_format="pandas"
-        ).take_all()
-        bad = sum(int(part["bad"]) for part in parts)
-        if bad:
-            example = next(part["example"] for part in parts if part["bad"])
-            raise DataError(
-                f"label column {label_column!r} must hold finite numbers for task=regression; "
-                f"{bad} row(s) do not, e.g. {example}"
-            )
+    def check_labels(self, table: ray.data.Dataset, label_column: str) -> None:
+        self._moments(table, label_column)  # every row's label must be a finite number
+
+    def fit(self, train: ray.data.Dataset, label_column: str) -> None:
+        parts = self._moments(train, label_column)
         count = sum(int(part["count"]) for part in parts)
         if count < 2:
             raise DataError(f"label column {label_column!r} needs at least two rows to learn from")
@@ -67,6 +61,22 @@ class Regression(Task):
             self.target_mean = mean if self.standardize else 0.0
         if self.target_std is None:
             self.target_std = std if self.standardize and std > 1e-12 else 1.0
+
+    @staticmethod
+    def _moments(table: ray.data.Dataset, label_column: str) -> list[dict[str, Any]]:
+        """Each block's count, sum and squared deviations of the label, after checking that
+        every label is a finite number."""
+        parts = table.map_batches(
+            partial(_target_moments, column=label_column), batch_format="pandas"
+        ).take_all()
+        bad = sum(int(part["bad"]) for part in parts)
+        if bad:
+            example = next(part["example"] for part in parts if part["bad"])
+            raise DataError(
+                f"label column {label_column!r} must hold finite numbers for task=regression; "
+                f"{bad} row(s) do not, e.g. {example}"
+            )
+        return parts
 
     @property
     def num_outputs(self) -> int:
