@@ -4,7 +4,8 @@
   best trial served and batch-predicted;
 - image classification from files (data=digit_images model=cnn): a sweep, then its best trial
   serving image uploads and arrays and batch-predicting a folder;
-- a LightningModule of your own (model=lit_mlp): ASHA and PBT sweeps, batch prediction, and with
+- a LightningModule of your own (model=lit_mlp): a PBT sweep handing its checkpoints over, batch
+  prediction of a trial (the ASHA sweeps above run the same trials, whatever the model), and with
   a LightningDataModule (data=digits_datamodule) on 2 workers, resumed.
 Classification of feature rows (the default) is what the other test files run.
 """
@@ -212,34 +213,7 @@ def trials(sweep_dir: Path) -> list[dict]:
         return list(csv.DictReader(table))
 
 
-def test_own_lightning_module_sweeps_with_asha_and_is_batch_predicted(
-    ray_address: str, tmp_path: Path
-) -> None:
-    proc = run_train(
-        "-m",
-        "search=asha",
-        "model=lit_mlp",
-        "model.lr=0.01,1e-6",
-        "trainer.max_epochs=2",
-        "checkpoint.every_n_epochs=1",
-        f"hydra.sweep.dir={tmp_path}",
-        ray_address=ray_address,
-    )
-    assert proc.returncode == 0, failure(proc)
-    # The project's optimizer settings do not apply to it: the default search space's
-    # optimizer.lr is left out, and says so.
-    assert "search.params' optimizer.lr left out" in proc.stdout  # Hydra's log
-    rows = trials(tmp_path)
-    assert sorted(float(row["model.lr"]) for row in rows) == [1e-6, 0.01]
-    best = min(rows, key=lambda row: float(row["best"]))
-    assert float(best["model.lr"]) == 0.01
-    run_dir = tmp_path / best["trial"]
-    assert load(run_dir).model_name == "LitMLP"
-    scored = batch_predict(ray_address, run_dir, tmp_path / "scores")
-    assert (scored["prediction"] == scored["label"]).mean() > 0.8
-
-
-def test_own_lightning_module_hands_its_checkpoint_over_in_pbt(
+def test_own_lightning_module_hands_its_checkpoint_over_in_pbt_and_is_batch_predicted(
     ray_address: str, tmp_path: Path
 ) -> None:
     # As test_sweep's PBT test, with a module of your own: after 2 epochs the hopeless trial
@@ -259,11 +233,22 @@ def test_own_lightning_module_hands_its_checkpoint_over_in_pbt(
         ray_address=ray_address,
     )
     assert proc.returncode == 0, failure(proc)
+    # The project's optimizer settings do not apply to it: the default search space's
+    # optimizer.lr is left out, and says so.
+    assert "search.params' optimizer.lr left out" in proc.stdout  # Hydra's log
     first = json.loads((tmp_path / "tune" / "pbt_global.txt").read_text().splitlines()[0])
     assert first[4]["model.lr"] == 0.03 and first[5]["model.lr"] == 0.03
     target = int(first[0].split("_")[0])
     summary = result(tmp_path / str(target))
     assert summary["metrics"]["epoch"] == 3 and summary["metrics"]["val_acc"] > 0.8
+
+    # Batch-predicted from its trial folder, on the data it was swept on.
+    run_dir = tmp_path / str(target)
+    assert load(run_dir).model_name == "LitMLP"
+    scored = batch_predict(
+        ray_address, run_dir, tmp_path / "scores", "data=synthetic", "data.source.num_samples=2048"
+    )
+    assert len(scored) == 2048 and (scored["prediction"] == scored["label"]).mean() > 0.8
 
 
 def test_own_module_with_a_datamodule_shards_over_two_workers_and_resumes(
