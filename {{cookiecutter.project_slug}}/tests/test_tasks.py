@@ -62,6 +62,19 @@ def sweep_best(ray_address: str, sweep_dir: Path, *overrides: str) -> Path:
     return Path(best["best_output_dir"])
 
 
+def serve_run(ray_address: str, run_dir: Path, serve_dir: Path) -> ServeCommand:
+    """`python train.py serve=local serve.only=true ckpt_path=<run_dir>`, once it answers."""
+    command = ServeCommand(
+        "serve=local",
+        "serve.only=true",
+        f"ckpt_path={run_dir}",
+        run_dir=serve_dir,
+        ray_address=ray_address,
+    )
+    command.wait_until_healthy()
+    return command
+
+
 @pytest.fixture
 def stop_serve():
     """Leave the shared cluster without Serve replicas holding CPUs, whatever happens."""
@@ -83,14 +96,7 @@ def test_regression_sweeps_then_its_best_trial_serves_and_predicts_values(
     )
     ranked_by = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert ranked_by["metric"] == "val_mae" and 25 < ranked_by["best_value"] < 60
-    command = ServeCommand(
-        "serve=local",
-        "serve.only=true",
-        f"ckpt_path={run_dir}",
-        run_dir=tmp_path / "serve",
-        ray_address=ray_address,
-    )
-    command.wait_until_healthy()
+    command = serve_run(ray_address, run_dir, tmp_path / "serve")
     try:
         metrics = result(run_dir)["metrics"]
         # Metrics in the target's units (25-346): a model that learned something.
@@ -144,14 +150,7 @@ def test_images_from_folders_sweep_serve_uploads_and_predict_a_folder(
         "trainer.max_epochs=3",
         "optimizer.lr=0.003,1e-6",
     )
-    command = ServeCommand(
-        "serve=local",
-        "serve.only=true",
-        f"ckpt_path={run_dir}",
-        run_dir=tmp_path / "serve",
-        ray_address=ray_address,
-    )
-    command.wait_until_healthy()
+    command = serve_run(ray_address, run_dir, tmp_path / "serve")
     try:
         assert sorted(path.name for path in images.iterdir()) == [str(d) for d in range(10)]
         assert result(run_dir)["metrics"]["val_acc"] > 0.8

@@ -21,6 +21,8 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..models import is_lightning_module
+
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -166,9 +168,7 @@ def _own_module(cfg: DictConfig) -> str | None:
         model = _locate(cfg.model._target_)
     except (ImportError, AttributeError, ValueError):
         return None
-    if any(base.__name__ == "LightningModule" for base in inspect.getmro(model)):
-        return model.__name__
-    return None
+    return model.__name__ if is_lightning_module(model) else None
 
 
 def _optimizer_of_own_module(cfg: DictConfig) -> list[str]:

@@ -135,7 +135,8 @@ def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
     source = build_source(data_cfg)
     task = build_task(task_cfg)
     table = source.read()
-    if getattr(source, "kind", "table") == "image":
+    images = getattr(source, "kind", "table") == "image"
+    if images:
         split_columns = list(source.split_columns)
     else:
         split_columns = check_columns(table, source)
@@ -150,7 +151,7 @@ def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
         table, split_columns, data_cfg.val_fraction, data_cfg.split_seed
     )
     task.fit(train_table, source.label_column)
-    if getattr(source, "kind", "table") == "image":
+    if images:
         transform = source.fit_transform(train_table, data_cfg.preprocess)
     else:
         input_shape = source.input_shape or (len(split_columns),)

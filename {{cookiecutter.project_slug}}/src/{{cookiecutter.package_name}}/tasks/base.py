@@ -41,8 +41,16 @@ class Task:
 
     @property
     def num_outputs(self) -> int:
-        """The width of the network's output layer."""
+        """The width of the network's output layer (RuntimeError while it is not known)."""
         raise NotImplementedError
+
+    def known_num_outputs(self) -> int | None:
+        """`num_outputs`, or None until the task has seen the labels or been told (a
+        DataModule's classes are counted in the workers)."""
+        try:
+            return self.num_outputs
+        except RuntimeError:
+            return None
 
     # -- in the workers ----------------------------------------------------------------------
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

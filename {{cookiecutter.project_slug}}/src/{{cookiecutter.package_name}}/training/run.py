@@ -170,13 +170,9 @@ def unprepared_data_info(task_cfg: DictConfig) -> dict[str, Any]:
     labels in advance, so a network's output size comes from `task.num_classes`), inputs
     unknown until the first batch."""
     task = build_task(task_cfg)
-    try:
-        num_outputs = task.num_outputs
-    except RuntimeError:
-        num_outputs = None
     return {
         "input_shape": None,
-        "num_outputs": num_outputs,
+        "num_outputs": task.known_num_outputs(),
         "train_rows": None,
         "val_rows": None,
         "task": task.state(),

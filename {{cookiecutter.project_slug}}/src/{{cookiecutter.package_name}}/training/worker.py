@@ -47,20 +47,11 @@ def build_module(
 ) -> tuple[L.LightningModule, str]:
     """The LightningModule to fit, and its kind: "module" (yours, as configured) or "network"
     (the configured network in TaskModule, with the task's loss and metrics)."""
-    num_outputs = task.num_outputs if _task_fitted(task) else None
-    model = build_model(cfg.model, input_shape, num_outputs)
+    model = build_model(cfg.model, input_shape, task.known_num_outputs())
     if isinstance(model, L.LightningModule):
         return model, "module"
     scheduler = instantiate(cfg.scheduler) if "_target_" in cfg.get("scheduler", {}) else None
     return TaskModule(model, task, instantiate(cfg.optimizer), scheduler), "network"
-
-
-def _task_fitted(task: Task) -> bool:
-    try:
-        task.num_outputs  # noqa: B018 - raises until the task knows its output size
-    except RuntimeError:
-        return False
-    return True
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
@@ -102,7 +93,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         OmegaConf.to_container(cfg.model, resolve=True),
         kind,
         input_shape,
-        task.num_outputs if _task_fitted(task) else None,
+        task.known_num_outputs(),
         task.state(),
         OmegaConf.to_container(info.inputs) if info.inputs else None,
     )
