@@ -458,10 +458,14 @@ def build_app(args: dict[str, Any]) -> Application:
     (a run folder is resolved to its best checkpoint now) and check it still fits the schemas.
     """
     settings = AppArgs.model_validate(args)
-    model = load(settings.checkpoint_path)
+    return application(settings, load(settings.checkpoint_path))
+
+
+def application(settings: AppArgs, model: LoadedModel) -> Application:
+    """The Serve application of `model`, loaded from `settings.checkpoint_path` (build_app; or
+    `serve=local`, which has read it already)."""
     contract = Contract.of(model, settings.max_rows_per_request)
     settings = settings.model_copy(update={"checkpoint_path": model.path})
-    del model
     server = serve.ingress(make_api(contract, this_replica))(ModelServer)
     resources = dict(settings.resources_per_replica)
     actor_options: dict[str, Any] = {

@@ -14,7 +14,7 @@ from ray import serve
 
 from ..checkpoints import CheckpointError, load, resolve
 from ..training import cluster
-from .app import AppArgs, build_app
+from .app import AppArgs, application
 from .ingress import controller_env, haproxy_binary, stop_orphaned_haproxy
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,8 @@ def serve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> None:
             logging_config={"enable_access_log": bool(cfg.serve.access_log)},
             controller_options={"runtime_env": {"env_vars": controller_env(args["haproxy"])}},
         )
-        serve.run(build_app(args), name=cfg.serve.app_name, route_prefix=prefix)
+        app = application(AppArgs.model_validate(args), loaded)  # the checkpoint read above
+        serve.run(app, name=cfg.serve.app_name, route_prefix=prefix)
         url = f"http://{host}:{port}{prefix.rstrip('/')}"
         _warn_if_unreachable(f"http://127.0.0.1:{port}{prefix.rstrip('/')}/health")
         log.info(
