@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +14,10 @@ from {{ cookiecutter.package_name }}.tuning.results import (
     best_trial,
     error_line,
     format_summary,
+    metric_figure,
+    short_names,
     summarize_trials,
+    trial_label,
     write_results,
 )
 from {{ cookiecutter.package_name }}.tuning.trial import TrialNumbers, job_number
@@ -66,6 +70,25 @@ def test_results_files(tmp_path: Path) -> None:
     assert table_rows[0]["overrides"] == "optimizer.lr=0.01 '+x='\"'\"'a b'\"'\"''"
     assert table_rows[3]["error"] == "ValueError: boom"
     assert (tmp_path / "metric_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_plot_legend_names_each_trials_values(tmp_path: Path) -> None:
+    rows, histories = summaries(tmp_path)
+    legend = metric_figure(rows, histories, "val_loss").axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "0 (completed): lr=0.01, x='a b'",
+        "1 (stopped early): lr=1e-06, x=c",
+        "2 (completed): lr=0.02, x=d",
+    ]  # trial 3 failed before its first epoch: no line, no entry
+    # Keys by their last part unless two end alike; floats to 3 significant digits.
+    names = short_names(["model.dropout", "+data.dropout", "optimizer.lr", "optimizer.lr"])
+    assert names == {
+        "model.dropout": "model.dropout",
+        "+data.dropout": "data.dropout",
+        "optimizer.lr": "lr",
+    }
+    row = dataclasses.replace(rows[0], params={"optimizer.lr": 0.000123456, "model.dropout": 0.5})
+    assert trial_label(row, names) == "0 (completed): lr=0.000123, model.dropout=0.5"
 
 
 def test_summary_names_the_best_and_the_failures_and_says_if_stopped(tmp_path: Path) -> None:

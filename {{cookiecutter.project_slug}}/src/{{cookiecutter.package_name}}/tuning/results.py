@@ -3,23 +3,20 @@
 import math
 import re
 import shlex
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure  # not pyplot: files only, no display and no global figures
+from matplotlib.ticker import MaxNLocator
+from ray.tune import ResultGrid
 
-matplotlib.use("Agg")  # files only: sweeps run on machines without a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from ray.tune import ResultGrid  # noqa: E402
-
-from .space import format_value  # noqa: E402
-from .trial import job_number  # noqa: E402
+from .space import format_value
+from .trial import job_number
 
 RESULTS_FILE = "optimization_results.yaml"
 TRIALS_FILE = "trials.csv"
@@ -162,15 +159,26 @@ def write_results(
 
 
 def plot(path: Path, rows: list[TrialSummary], histories: dict[int, pd.DataFrame], metric: str):
-    """The metric per epoch for every trial; early-stopped trials end in an x."""
-    figure, axes = plt.subplots(figsize=(8, 5))
+    """Save the metric per epoch for every trial (metric_figure) to `path`."""
+    metric_figure(rows, histories, metric).savefig(path, dpi=100, bbox_inches="tight")
+
+
+def metric_figure(
+    rows: list[TrialSummary], histories: dict[int, pd.DataFrame], metric: str
+) -> Figure:
+    """The metric per epoch for every trial, each named in the legend by its number, status and
+    sampled values; early-stopped trials end in an x."""
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots()
+    names = short_names([key for row in rows for key in row.params])
     for row in rows:
         history = histories.get(row.trial)
         if history is None or metric not in history or history[metric].dropna().empty:
             continue
         points = history.dropna(subset=[metric])
         epochs = points["epoch"] + 1 if "epoch" in points else range(1, len(points) + 1)
-        (line,) = axes.plot(epochs, points[metric], marker=".", label=f"{row.trial}: {row.status}")
+        label = trial_label(row, names)
+        (line,) = axes.plot(epochs, points[metric], marker=".", label=label)
         if row.status == "stopped early":
             axes.plot(list(epochs)[-1], points[metric].iloc[-1], "x", color=line.get_color(), ms=10)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -178,11 +186,32 @@ def plot(path: Path, rows: list[TrialSummary], histories: dict[int, pd.DataFrame
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} per epoch, every trial (x: stopped early)")
     axes.grid(alpha=0.3)
-    if axes.lines:
-        axes.legend(fontsize="small", ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    if axes.lines:  # beside the plot: a label per trial with its values is wide
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    return figure
+
+
+def trial_label(row: TrialSummary, names: Mapping[str, str]) -> str:
+    """`3 (stopped early): lr=0.001, hidden_dim=64`: a trial in a plot's legend (`names`: the
+    short name of each override key, from short_names)."""
+    values = ", ".join(f"{names[key]}={_short_value(value)}" for key, value in row.params.items())
+    return f"{row.trial} ({row.status})" + (f": {values}" if values else "")
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each override key by its last part (`optimizer.lr` -> `lr`), or whole where two of
+    `keys` end alike (`model.dropout`, `data.dropout`); without a leading +, ++ or ~."""
+    bare = {key: key.lstrip("+~") for key in keys}  # each key once (`keys` has one per trial)
+    last = {key: name.rsplit(".", 1)[-1] for key, name in bare.items()}
+    ends = Counter(last.values())
+    return {key: bare[key] if ends[last[key]] > 1 else last[key] for key in bare}
+
+
+def _short_value(value: Any) -> str:
+    """A sampled value, floats to 3 significant digits: a legend, not a record (trials.csv)."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return format_value(value)
 
 
 def format_summary(
