@@ -27,7 +27,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests
 
-# Seconds, not minutes: everything but real Ray runs.
+# Everything but real Ray runs (a few minutes): the generated project's quick tests among them,
+# on one bake (tests/test_generated_project.py); `make test` adds its slow ones.
 test-quick: setup
 	$(BIN)/python -m pytest tests -m "not slow"
 
