@@ -5,12 +5,25 @@ serving (`serve=local`) and batch prediction (`predict=batch predict.checkpoint=
 Configs live in configs/; README.md lists the common overrides.
 """
 
+import logging
+
 import hydra
 from omegaconf import DictConfig
+
+# Goes to the run's train.log alone (configs/hydra/default.yaml): Hydra prints errors itself.
+failure_log = logging.getLogger("failure")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except Exception:
+        failure_log.exception("The run failed")
+        raise
+
+
+def run(cfg: DictConfig) -> float | None:
     # Imported here so that `--help` and `--cfg job` answer without loading torch and Ray.
     if cfg.predict.name != "none":
         from {{ cookiecutter.package_name }}.data.prediction import predict

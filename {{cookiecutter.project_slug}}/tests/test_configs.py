@@ -1,6 +1,12 @@
 """Every option of every config group composes, and builds what it describes."""
 
+import os
+import re
+from pathlib import Path
+
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -113,3 +119,30 @@ def test_experiment_overrides_groups() -> None:
     assert cfg.model._target_.endswith("CNN")
     assert cfg.optimizer._target_ == "torch.optim.AdamW"
     assert cfg.model.channels == 16
+
+
+def run_folder(*overrides: str) -> tuple[str, ...]:
+    """The folder `python train.py <overrides>` would run in, as Hydra works it out, in parts."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        hydra_config.set_config(cfg)  # as Hydra's run_job does before it makes the folder
+        return Path(os.path.normpath(cfg.hydra.run.dir)).parts
+    finally:
+        hydra_config.cfg = before
+
+
+def test_run_folders_can_be_named_by_their_overrides() -> None:
+    date, time = r"\d{4}-\d\d-\d\d", r"\d\d-\d\d-\d\d"
+    where = ["paths.results_dir=results", "paths.storage_path=s3://b/x", "resume_from=last.ckpt"]
+    root, runs, *named = run_folder("paths=by_overrides", "model=cnn", "optimizer.lr=0.01", *where)
+    # The overrides that say what runs name the folder; those that say where things go do not.
+    assert (root, runs) == ("results", "runs")
+    assert named[0] == "model=cnn,optimizer.lr=0.01"
+    assert re.fullmatch(date, named[1]) and re.fullmatch(time, named[2]), named
+    # Without overrides to name it by, and by default: <date>/<time>.
+    for overrides in (["paths=by_overrides"], ["model=cnn"]):
+        root, runs, *dated = run_folder(*overrides, "paths.results_dir=results")
+        assert len(dated) == 2 and re.fullmatch(date, dated[0]) and re.fullmatch(time, dated[1])

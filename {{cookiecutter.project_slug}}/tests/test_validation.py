@@ -72,14 +72,20 @@ def test_shipped_configs_are_valid(group: str) -> None:
 
 
 def test_train_py_stops_before_ray_starts(tmp_path) -> None:
-    proc = run_train("optimizer.lr=-1", f"hydra.run.dir={tmp_path}", ray_address="", timeout=120)
+    # In a folder named by its overrides (paths=by_overrides), as `python train.py` makes it.
+    results = [f"paths.results_dir={tmp_path}", "paths=by_overrides"]
+    proc = run_train("optimizer.lr=-1", *results, ray_address="", timeout=120)
     assert proc.returncode != 0
-    # The problems alone, without a traceback, and Ray never started.
-    assert "Invalid config (1 problem(s)):\n  - optimizer.lr must be a number above 0, got -1" in (
-        proc.stderr
-    )
-    assert "Traceback" not in proc.stderr
+    # The problems alone, once, without a traceback, and Ray never started.
+    problem = "Invalid config (1 problem(s)):\n  - optimizer.lr must be a number above 0, got -1"
+    assert proc.stderr.count(problem) == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
     assert "Ray" not in proc.stdout + proc.stderr
+    # The run's own log keeps the error, with its traceback.
+    (log,) = (tmp_path / "runs" / "optimizer.lr=-1").glob("*/*/train.log")
+    kept = log.read_text()
+    assert "The run failed" in kept and "Traceback (most recent call last)" in kept
+    assert problem in kept
 
 
 # What the command line names but is not there: each stops train.py before Ray starts.
