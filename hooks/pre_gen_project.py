@@ -15,6 +15,16 @@ PACKAGE_NAME = {{ cookiecutter.package_name | tojson }}
 AUTHOR_EMAIL = {{ cookiecutter.author_email | tojson }}
 RESULTS_DIR = {{ cookiecutter.results_dir | tojson }}
 DOCKER_IMAGE = {{ cookiecutter.docker_image | tojson }}
+RAY_ADDRESS = {{ cookiecutter.ray_address | tojson }}
+
+# Answers written unquoted into the Makefile, shell commands (README, CI, manifests) and YAML may
+# hold only characters that none of them reads specially: no spaces, quotes, `$`, `#`, `;`, `*`,
+# backslashes or colons (a colon also separates Make targets and YAML keys). A folder name may not
+# start with `-` (a command would take it for an option) or `.`.
+FOLDER = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+RESULTS_DIR_PATTERN = rf"{FOLDER}(/{FOLDER})*"
+# Ray addresses: auto, host:port, ray://host:port, http://host:port, [IPv6]:port.
+RAY_ADDRESS_PATTERN = r"[A-Za-z0-9._:/\[\]-]*"
 
 # Importing any of these from the project would pick up the project package instead of the
 # library (or the other way round), so a package may not take their names.
@@ -50,8 +60,20 @@ def problem() -> str | None:
             f"results_dir {RESULTS_DIR!r} must be a relative folder inside the project "
             "(e.g. 'outputs'); point runs elsewhere with paths.* overrides"
         )
+    if not re.fullmatch(RESULTS_DIR_PATTERN, RESULTS_DIR):
+        return (
+            f"results_dir {RESULTS_DIR!r} may hold only letters, digits, '_', '-' and '.', in "
+            "folder names joined by '/' that start with a letter, digit or '_' (e.g. "
+            "'outputs' or 'results/runs'): it is written unquoted into the Makefile, shell "
+            "commands and YAML, so spaces, quotes, '$', ':' and the like are refused"
+        )
     if not re.fullmatch(r"[a-z0-9][a-z0-9._/:-]*", DOCKER_IMAGE):
         return f"docker_image {DOCKER_IMAGE!r} is not a valid image name (lowercase, no tag)"
+    if not re.fullmatch(RAY_ADDRESS_PATTERN, RAY_ADDRESS):
+        return (
+            f"ray_address {RAY_ADDRESS!r} is not a Ray address: use letters, digits and . _ - : "
+            "/ [ ] only (e.g. 'auto', 'ray://head:10001' or '10.0.0.5:6379'), or leave it empty"
+        )
     return None
 
 

@@ -4,9 +4,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 from cookiecutter.exceptions import FailedHookException
 
-from .conftest import TEMPLATE, bake, python
+from .conftest import TEMPLATE, bake, python, run
 
 BAD_ANSWERS = [
     ({"package_name": "2fast"}, "is not a valid Python package name"),
@@ -25,7 +26,19 @@ BAD_ANSWERS = [
     ({"author_email": "not-an-email"}, "author_email"),
     ({"results_dir": "/abs/outputs"}, "results_dir"),
     ({"results_dir": "../outside"}, "results_dir"),
+    # Answers that reach the Makefile, shell commands and YAML: nothing there may read them as code.
+    ({"results_dir": "out$(shell touch INJECTED)"}, "results_dir 'out$(shell touch INJECTED)'"),
+    ({"results_dir": "it's"}, "results_dir"),
+    ({"results_dir": "my outputs"}, "results_dir"),
+    ({"results_dir": "runs:2024"}, "results_dir"),
+    ({"results_dir": "out#x"}, "results_dir"),
+    ({"results_dir": "-rf"}, "results_dir"),
+    ({"results_dir": "runs/*"}, "results_dir"),
     ({"docker_image": "Has Spaces"}, "docker_image"),
+    ({"docker_image": "img$(id)"}, "docker_image"),
+    ({"ray_address": "auto; rm -rf ~"}, "ray_address"),
+    ({"ray_address": "$(shell id)"}, "ray_address"),
+    ({"ray_address": "head:6379'"}, "ray_address"),
 ]
 
 
@@ -38,6 +51,17 @@ def test_bad_answer_is_rejected_and_nothing_generated(
     assert list(tmp_path.iterdir()) == []
     errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_safe_results_dir_and_ray_address_reach_make_and_the_config(tmp_path: Path) -> None:
+    project = bake(tmp_path, results_dir="results/run_1.v2", ray_address="ray://head-0:10001")
+    proc = run(["make", "-n", "tensorboard"], cwd=project)
+    assert proc.returncode == 0 and "--logdir results/run_1.v2" in proc.stdout, proc.stderr
+    proc = python("train.py", "--cfg", "job", "--package", "_global_", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    config = yaml.safe_load(proc.stdout)
+    assert config["paths"]["results_dir"] == "results/run_1.v2"
+    assert config["ray"]["address"] == "ray://head-0:10001"
 
 
 def test_awkward_text_survives(tmp_path: Path) -> None:
