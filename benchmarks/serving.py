@@ -89,6 +89,7 @@ def run(ctx: Context) -> dict:
     serve_cmd = ctx.train_py(
         "serve=local",
         "serve.only=true",
+        "serve.haproxy=true",  # the fast way in; not the default since issue 24 (README)
         f"ckpt_path={checkpoint}",
         f"serve.port={serve_port}",
         f"hydra.run.dir={Path(ctx.work) / 'serving' / 'serve'}",

@@ -9,8 +9,10 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -39,7 +42,12 @@ from {{ cookiecutter.package_name }}.data import DigitsSource, Transform
 from {{ cookiecutter.package_name }}.data.preprocessing import inputs_from_state
 from {{ cookiecutter.package_name }}.serving import launch
 from {{ cookiecutter.package_name }}.serving.app import AppArgs, build_app
-from {{ cookiecutter.package_name }}.serving.ingress import haproxy_binary, stop_orphaned_haproxy
+from {{ cookiecutter.package_name }}.serving.ingress import (
+    haproxy_binary,
+    haproxy_dir,
+    prepare_haproxy_dir,
+    stop_orphaned_haproxy,
+)
 from {{ cookiecutter.package_name }}.serving.inputs import InvalidInput, check_finite, to_features
 from {{ cookiecutter.package_name }}.serving.launch import (
     IMPORT_PATH,
@@ -243,6 +251,32 @@ def test_checkpoint_cannot_name_code_outside_the_models_package(
         load(file)
 
 
+class RunsCode:
+    """Unpickling this runs code: it writes a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_resuming_never_unpickles_code_from_a_checkpoint(tmp_path: Path) -> None:
+    """Ray Train's checkpoint goes to Lightning's fit(ckpt_path=...), which loads it as here:
+    with torch's weights_only=True (the default of the torch and Lightning the project allows),
+    so a checkpoint tampered with in its bucket is refused, not run."""
+    from lightning.pytorch import Trainer
+
+    marker = tmp_path / "marker"
+    file = save_checkpoint(tmp_path / "checkpoint.ckpt")
+    tampered = {**torch.load(file, weights_only=True), "callbacks": RunsCode(marker)}
+    torch.save(tampered, file)
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        trainer.strategy.load_checkpoint(file)  # fit(ckpt_path=file) -> resume_start
+    assert not marker.exists()
+
+
 def test_folder_without_checkpoint_says_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="neither checkpoint.ckpt nor result.json"):
         resolve(tmp_path)
@@ -283,11 +317,15 @@ def test_haproxy_setting_reaches_controller_and_replicas(
     for name in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_METRICS_ENABLED"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RAY_SERVE_HAPROXY_NBTHREAD", "4")  # the user's own value wins
-    cfg = compose_config("serve=local")
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_SOCKET_PATH", raising=False)
+    assert compose_config("serve=local").serve.haproxy is False  # not by default (README)
+    cfg = compose_config("serve=local", "serve.haproxy=true")
     args = app_args(cfg.serve, str(save_checkpoint(tmp_path / "checkpoint.ckpt")))
     config = serve_config(cfg.serve, args)
     ServeDeploySchema.parse_obj(yaml.safe_load(yaml.safe_dump(config)))
     controller = config["controller_options"]["runtime_env"]["env_vars"]
+    # HAProxy's admin socket and config go to this user's private folder, not /tmp/haproxy-serve.
+    assert controller["RAY_SERVE_HAPROXY_SOCKET_PATH"] == str(haproxy_dir() / "admin.sock")
     replica = build_app(args)._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
     for env in (controller, replica):
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
@@ -301,7 +339,7 @@ def test_without_haproxy_binary_serve_uses_its_python_proxy(
 ) -> None:
     monkeypatch.setattr(launch, "haproxy_binary", lambda: None)
     monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
-    cfg = compose_config("serve=local")
+    cfg = compose_config("serve=local", "serve.haproxy=true")
     args = app_args(cfg.serve, str(save_checkpoint(tmp_path / "checkpoint.ckpt")))
     assert args["haproxy"] is False
     assert "Ray has no HAProxy binary here" in caplog.text
@@ -310,32 +348,57 @@ def test_without_haproxy_binary_serve_uses_its_python_proxy(
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in replica
 
 
-def test_an_haproxy_left_without_its_serve_is_stopped(tmp_path: Path) -> None:
-    binary = haproxy_binary()
-    if binary is None:
-        pytest.skip("Ray has no HAProxy binary on this platform")
+def start_haproxy(binary: str, folder: Path) -> subprocess.Popen:
+    """Ray's HAProxy as Serve runs it (`-db -f <folder>/haproxy.cfg`), serving a free port."""
     port = free_port()
-    config = tmp_path / "haproxy.cfg"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "haproxy.cfg"
     config.write_text(
         "defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
         f"frontend left\n  bind 127.0.0.1:{port}\n"
     )
-    # Ray's HAProxy, its parent not a Serve HAProxyManager: as one whose Serve was killed.
-    with (
-        subprocess.Popen([binary, "-db", "-f", str(config)], stderr=subprocess.PIPE) as left,
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other,
-    ):
-        try:
-            deadline = time.monotonic() + 10
-            while not listening(port):  # it started
-                assert left.poll() is None and time.monotonic() < deadline, left.stderr.read()
-                time.sleep(0.1)
-            assert stop_orphaned_haproxy() == [left.pid]
-            assert left.wait(timeout=10) is not None
-            assert other.poll() is None  # any other process is left alone
-        finally:
-            left.kill()
-            other.kill()
+    command = [binary, "-db", "-f", str(config)]
+    process = subprocess.Popen(command, cwd=folder, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while not listening(port):  # it started
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    return process
+
+
+def test_only_an_haproxy_that_this_projects_serve_left_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = haproxy_binary()
+    if binary is None:
+        pytest.skip("Ray has no HAProxy binary on this platform")
+    folder = haproxy_dir()
+    if folder.exists():
+        folder.chmod(0o755)  # as Ray would have left it: prepare_haproxy_dir makes it private
+    assert prepare_haproxy_dir() == folder and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    # Run from a folder that is then deleted (a shell left in a removed run folder).
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    node = folder / "node-of-a-killed-serve"  # Ray's per-node subfolder
+    processes = []
+    try:
+        # This project's HAProxy, its parent not a Serve HAProxyManager: its Serve was killed.
+        processes.append(left := start_haproxy(binary, node))
+        # The same binary with another config (the system's, another project's): not ours.
+        processes.append(theirs := start_haproxy(binary, tmp_path / "theirs"))
+        processes.append(other := subprocess.Popen(["sleep", "60"], cwd=tmp_path))  # a bare name
+        assert stop_orphaned_haproxy() == [left.pid]
+        assert left.wait(timeout=10) is not None
+        assert theirs.poll() is None and other.poll() is None
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+            if process.stderr:
+                process.stderr.close()
+        shutil.rmtree(node, ignore_errors=True)
 
 
 def test_app_args_refuse_typos_and_two_ways_to_scale() -> None:
@@ -418,6 +481,9 @@ class ServeCommand:
         return self.process.returncode
 
 
+MAX_REQUEST_BYTES = 65536
+
+
 @pytest.fixture(scope="module")
 def served(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCommand]:
     """Train one epoch, then serve the best checkpoint."""
@@ -425,6 +491,7 @@ def served(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "serve=local",
         "trainer.max_epochs=1",
         "serve.max_rows_per_request=16",
+        f"serve.max_request_bytes={MAX_REQUEST_BYTES}",
         run_dir=tmp_path_factory.mktemp("serve") / "run",
         ray_address=ray_address,
     )
@@ -466,10 +533,56 @@ def test_predict_returns_the_models_own_predictions(served: ServeCommand) -> Non
     assert again["predictions"] == body["predictions"][:2]
 
 
+def listeners_beyond_loopback(ports: set[int]) -> list[str]:
+    """Sockets listening on one of `ports` on an address other than loopback."""
+    found = []
+    for connection in psutil.net_connections(kind="inet"):
+        address = connection.laddr
+        if connection.status == psutil.CONN_LISTEN and address and address.port in ports:
+            if address.ip not in ("127.0.0.1", "::1"):
+                found.append(f"{address.ip}:{address.port} (pid {connection.pid})")
+    return found
+
+
+def haproxy_processes() -> list[psutil.Process]:
+    """HAProxy processes that a Serve of this project runs or left (config in haproxy_dir)."""
+    folder = str(haproxy_dir())
+    return [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if any(part.startswith(folder) for part in process.info["cmdline"] or [])
+        and os.path.basename((process.info["cmdline"] or [""])[0]).startswith("haproxy")
+    ]
+
+
 @pytest.mark.slow
-def test_a_serving_haproxy_is_not_taken_for_a_left_one(served: ServeCommand) -> None:
-    assert stop_orphaned_haproxy() == []  # the served app's HAProxy has its HAProxyManager
+def test_serving_opens_nothing_beyond_loopback_by_default(served: ServeCommand) -> None:
+    # serve.host=127.0.0.1: the API, and no HAProxy with its stats (8404) and metrics (9101)
+    # ports on every interface.
+    assert listeners_beyond_loopback({served.port, 8404, 9101}) == []
+    assert not haproxy_processes()
+    assert "HAProxy is enabled" not in served.log
     assert httpx.get(f"{served.url}/health", timeout=30).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_body_over_the_limit_is_refused_before_it_is_read(served: ServeCommand) -> None:
+    # One valid row, padded past serve.max_request_bytes: refused for its size alone.
+    row = json.dumps({"inputs": [[0.5] * 64]})
+    body = (row[:-1] + " " * MAX_REQUEST_BYTES + "}").encode()
+    headers = {"content-type": "application/json"}
+    sized = httpx.post(f"{served.url}/predict", content=body, headers=headers, timeout=30)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused while it streams in
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    streamed = httpx.post(f"{served.url}/predict", content=chunks(), headers=headers, timeout=30)
+    for response in (sized, streamed):
+        assert response.status_code == 413, response.text
+        assert f"at most {MAX_REQUEST_BYTES} bytes" in response.json()["detail"]
+    good = httpx.post(f"{served.url}/predict", content=row, headers=headers, timeout=30)
+    assert good.status_code == 200, good.text
 
 
 @pytest.mark.slow
@@ -485,6 +598,7 @@ def test_metadata_health_docs_and_serve_config(served: ServeCommand) -> None:
     assert inputs["feature_columns"] == list(COLUMNS)
     assert metadata["device"] == "cpu"
     assert metadata["max_rows_per_request"] == 16
+    assert metadata["max_request_bytes"] == MAX_REQUEST_BYTES
     assert httpx.get(f"{served.url}/health", timeout=10).json()["status"] == "ok"
     assert "swagger" in httpx.get(f"{served.url}/docs", timeout=10).text.lower()
     paths = httpx.get(f"{served.url}/openapi.json", timeout=10).json()["paths"]
@@ -495,9 +609,8 @@ def test_metadata_health_docs_and_serve_config(served: ServeCommand) -> None:
     ServeDeploySchema.parse_obj(config)
     assert config["applications"][0]["args"]["checkpoint_path"] == metadata["checkpoint"]
     assert config["http_options"]["port"] == served.port
-    # The default path: HAProxy in front of the replicas (serve.haproxy=true, Linux).
-    assert config["applications"][0]["args"]["haproxy"] is True
-    assert "HAProxy is enabled" in served.log
+    # The default path: Serve's Python proxy (serve.haproxy=false).
+    assert config["applications"][0]["args"]["haproxy"] is False
 
 
 BAD_BODIES = {
@@ -566,6 +679,14 @@ def test_ctrl_c_stops_serve_and_exits_cleanly(served: ServeCommand) -> None:
         httpx.get(f"{served.url}/health", timeout=5)
 
 
+def writable_by_others(path: Path) -> bool:
+    """Whether users other than its owner may connect to the Unix socket at `path`: it is
+    writable by them, and they may enter every folder above it."""
+    if not path.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return False
+    return all(folder.stat().st_mode & (stat.S_IXGRP | stat.S_IXOTH) for folder in path.parents)
+
+
 @pytest.mark.slow
 def test_serve_only_serves_an_existing_run_without_training_until_sigterm(
     served: ServeCommand, ray_address: str, tmp_path: Path
@@ -575,10 +696,11 @@ def test_serve_only_serves_an_existing_run_without_training_until_sigterm(
         "serve=local",
         "serve.only=true",
         f"ckpt_path={served.run_dir}",
-        "serve.haproxy=false",  # Serve's own Python proxy, the other way in
+        "serve.haproxy=true",  # HAProxy in front of the replicas, the other way in (Linux)
         run_dir=tmp_path / "run",
         ray_address=ray_address,
     )
+    with_haproxy = haproxy_binary() is not None
     try:
         command.wait_until_healthy()
         metadata = httpx.get(f"{command.url}/metadata", timeout=10).json()
@@ -587,11 +709,28 @@ def test_serve_only_serves_an_existing_run_without_training_until_sigterm(
         assert body.json()["predictions"] == (
             expected_probabilities(served.run_dir, rows).argmax(dim=1).tolist()
         )
+        running = haproxy_processes()
+        assert bool(running) == with_haproxy
+        # Its admin socket (`level admin`: it can redirect or stop the backends) lies in this
+        # user's private folder: no other user can reach it.
+        bound = [
+            connection.laddr
+            for process in running
+            for connection in process.net_connections(kind="unix")
+            if connection.laddr
+        ]
+        assert bool(bound) == with_haproxy
+        assert all(path.startswith(f"{haproxy_dir()}/") for path in bound), bound
+        sockets = list(haproxy_dir().glob("*/admin.sock"))
+        assert bool(sockets) == with_haproxy
+        assert [path for path in sockets if writable_by_others(path)] == []
+        # It has its HAProxyManager: not taken for one that an earlier Serve left.
+        assert stop_orphaned_haproxy() == []
     finally:
         # SIGTERM, as `docker stop` and Kubernetes send it, stops as cleanly as Ctrl-C.
         assert command.stop(signal.SIGTERM) == 0, command.log[-5000:]
     assert "Stopping Serve" in command.log
-    assert "HAProxy is enabled" not in command.log
+    assert ("HAProxy is enabled" in command.log) == with_haproxy
     assert metadata["checkpoint"].startswith(str(served.run_dir.resolve()))
     assert not (tmp_path / "run" / "ray_train").exists()  # nothing was trained
     assert (tmp_path / "run" / "serve_config.yaml").is_file()

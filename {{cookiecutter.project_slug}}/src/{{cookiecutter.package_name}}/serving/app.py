@@ -50,6 +50,7 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.0, ge=0)
     max_rows_per_request: int = Field(1024, ge=1)
+    max_request_bytes: int = Field(16 * 2**20, ge=1)
     max_image_bytes: int = Field(10 * 2**20, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     access_log: bool = False
@@ -78,6 +79,7 @@ class Metadata(BaseModel):
     input_shape: list[int] = Field(description="the shape the model itself takes")
     device: str
     max_rows_per_request: int
+    max_request_bytes: int = Field(description="POST /predict: the largest body taken")
     max_batch_size: int
     max_image_bytes: int | None = Field(None, description="image models: POST /predict/image")
     max_image_pixels: int | None = Field(None, description="image models: POST /predict/image")
@@ -257,7 +259,10 @@ def make_api(contract: Contract, server_of: Callable[[], "ModelServer"]) -> Fast
             400: _error(
                 "the body is not JSON: not UTF-8 text, malformed, or holding NaN or Infinity"
             ),
-            413: _error(f"more inputs than max_rows_per_request ({spec.max_rows})"),
+            413: _error(
+                f"more inputs than max_rows_per_request ({spec.max_rows}), or a body larger than "
+                "max_request_bytes (GET /metadata), refused before it is read whole"
+            ),
             415: _error(f"a Content-Type other than {JSON_TYPE}"),
             422: _error(
                 "JSON that is not a valid request: not as the PredictRequest schema says (the "
@@ -273,8 +278,11 @@ def make_api(contract: Contract, server_of: Callable[[], "ModelServer"]) -> Fast
         preprocessed as in training. The answer has one prediction per input."""
         try:
             _check_media_type(request, (JSON_TYPE,), "POST /predict takes JSON")
-            payload = parse_json(await request.body())
-            return JSONResponse(await server_of().predict(payload))
+            server = server_of()
+            # Read up to the limit only: a body is parsed whole, so one of gigabytes would
+            # exhaust the replica's memory before the row count could be checked.
+            body = await read_limited(request, server.settings.max_request_bytes)
+            return JSONResponse(await server.predict(parse_json(body)))
         except InvalidInput as error:
             raise HTTPException(status_code=error.status_code, detail=str(error)) from None
 
@@ -390,6 +398,7 @@ class ModelServer:
             input_shape=list(self.model.input_shape),
             device=self.settings.device,
             max_rows_per_request=self.settings.max_rows_per_request,
+            max_request_bytes=self.settings.max_request_bytes,
             max_batch_size=self.settings.max_batch_size,
             max_image_bytes=self.settings.max_image_bytes if takes_images else None,
             max_image_pixels=self.settings.max_image_pixels if takes_images else None,

@@ -260,13 +260,16 @@ async def read_limited(request: Any, max_bytes: int) -> bytes:
     in memory."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise InvalidInput(f"the body has {declared} bytes; at most {max_bytes} are taken", 413)
+        raise InvalidInput(
+            f"the body has {declared} bytes; at most {max_bytes} bytes are taken", 413
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
             raise InvalidInput(
-                f"the body has more than {max_bytes} bytes; at most that is taken", 413
+                f"the body has more than {max_bytes} bytes; at most {max_bytes} bytes are taken",
+                413,
             )
         chunks.append(chunk)
     return b"".join(chunks)

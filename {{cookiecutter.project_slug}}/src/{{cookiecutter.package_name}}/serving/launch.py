@@ -15,7 +15,7 @@ from ray import serve
 from ..checkpoints import CheckpointError, load, resolve
 from ..training import cluster
 from .app import AppArgs, application
-from .ingress import controller_env, haproxy_binary, stop_orphaned_haproxy
+from .ingress import controller_env, haproxy_binary, prepare_haproxy_dir, stop_orphaned_haproxy
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def app_args(serve_cfg: DictConfig, checkpoint: str) -> dict[str, Any]:
     """The builder's arguments: the checkpoint plus the `serve` group minus the HTTP settings.
 
-    `haproxy` stays on only where Ray has an HAProxy binary to run.
+    `haproxy` (off by default: see ingress.py) stays on only where Ray has an HAProxy binary.
     """
     fields = set(AppArgs.model_fields) - {"checkpoint_path"}
     settings = OmegaConf.to_container(serve_cfg, resolve=True)
@@ -89,7 +89,8 @@ def serve_checkpoint(cfg: DictConfig, checkpoint: str | None) -> None:
     config_file = write_serve_config(serve_config(cfg.serve, args), cfg.paths.output_dir)
 
     if args["haproxy"]:
-        stop_orphaned_haproxy()
+        prepare_haproxy_dir()  # private, before Ray puts HAProxy's admin socket there
+    stop_orphaned_haproxy()  # one left by an earlier serve.haproxy=true holds serve.port
     cluster.connect(cfg.ray)
     if not cfg.ray.autoscaling:
         _check_replica_fits(cfg.serve, args["resources_per_replica"])
