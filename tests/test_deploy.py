@@ -9,16 +9,21 @@ import copy
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
 from fnmatch import fnmatch
+from importlib.metadata import version
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from .conftest import bake, python, run
 
@@ -50,6 +55,10 @@ MAKE_TARGETS = [
     "docker-push",
 ]
 PACKAGE = "deploy_check"
+# Where KubeRay's token authentication sits in each kind, and its schema (from the CRDs).
+KUBERAY_AUTH = json.loads(
+    (Path(__file__).parent / "data" / "kuberay_auth_options.json").read_text()
+)
 
 
 @pytest.fixture(scope="module", params=["cpu", "gpu"])
@@ -168,6 +177,34 @@ def test_manifests_share_image_and_ray_version(project) -> None:
     assert len(versions) == 1
 
 
+@pytest.mark.parametrize("kind", MANIFESTS)
+def test_cluster_requires_the_token_in_a_secret(kind: str, project) -> None:
+    """The dashboard and Jobs API of every KubeRay cluster take jobs only with the token."""
+    _, path = project
+    manifest = load(path, MANIFESTS[kind])
+    auth = manifest
+    for key in KUBERAY_AUTH["path"][kind]:
+        auth = auth.get(key) or {}
+    jsonschema.validate(auth, KUBERAY_AUTH["schema"])
+    assert auth.get("mode") == "token", f"{kind}: no token authentication"
+    assert auth.get("secretName") == "deploy-check-ray-token"
+    spec = cluster_spec(manifest)
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            env = {item["name"] for item in container.get("env", [])}
+            assert not env & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}  # KubeRay sets both from it
+    # How to make the Secret that KubeRay reads (its key is auth_token) is at the top.
+    create = "kubectl create secret generic deploy-check-ray-token --from-literal=auth_token="
+    assert create in (path / MANIFESTS[kind]).read_text()
+
+
+def test_readme_says_how_submit_gets_the_clusters_token(project) -> None:
+    _, path = project
+    readme = (path / "README.md").read_text()
+    assert "kubectl get secret deploy-check-ray-token" in readme
+    assert "RAY_AUTH_TOKEN" in readme and "ray get-auth-token --generate" in readme
+
+
 def preset_needs(scaling: dict) -> tuple[dict, int]:
     """One worker's bundle and the worker count of a configs/scaling preset, in k8s names."""
     bundle = {"cpu": float(scaling["resources_per_worker"].get("CPU", 1))}
@@ -266,6 +303,63 @@ def test_ray_up_config_passes_rays_own_checks(project) -> None:
     assert not any("pip install" in c and "ray" in c for c in prepared["setup_commands"])
 
 
+def test_ray_up_cluster_requires_the_token_and_keeps_its_dashboard_local(project) -> None:
+    _, path = project
+    config = load(path, "deploy/aws-cluster.yaml")
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]  # every node's Ray
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the token
+    (start,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    host = re.search(r"--dashboard-host[= ](\S+)", start)
+    # `ray dashboard` reaches it over SSH; no other machine needs to.
+    assert host is None or host.group(1) in ("127.0.0.1", "localhost"), start
+
+
+# --- Versions ------------------------------------------------------------------------------------
+
+
+def requirement(path: Path, name: str) -> Requirement:
+    dependencies = tomllib.loads((path / "pyproject.toml").read_text())["project"]["dependencies"]
+    (found,) = [r for r in map(Requirement, dependencies) if r.name == name]
+    return found
+
+
+def test_ray_and_torch_are_pinned_to_the_tested_range_everywhere(project) -> None:
+    """pyproject.toml bounds ray and torch on both sides; the versions these tests run are in
+    range; the image installs the manifests' Ray and the same torch range as `make install`."""
+    _, path = project
+    ray, torch = requirement(path, "ray"), requirement(path, "torch")
+    for pinned in (ray, torch):
+        assert any(s.operator in ("<", "<=", "==", "~=") for s in pinned.specifier), pinned
+    assert Version(version("ray")) in ray.specifier
+    assert Version(version("torch")) in torch.specifier
+    steps = dockerfile(path)
+    args = dict(a.split("=", 1) for i, a in steps if i == "ARG" and "=" in a)
+    assert Version(args["RAY_VERSION"]) in ray.specifier
+    runs = " ".join(a for i, a in steps if i == "RUN")
+    assert '"ray[train,tune,serve,data]==${RAY_VERSION}"' in runs
+    assert '"${TORCH_SPEC}" --index-url' in runs
+    assert Requirement(args["TORCH_SPEC"].strip('"')).specifier == torch.specifier
+    makefile = (path / "Makefile").read_text()
+    (make_torch,) = re.findall(r"^TORCH_SPEC := (.+)$", makefile, re.MULTILINE)
+    assert Requirement(make_torch).specifier == torch.specifier
+    assert '"$(TORCH_SPEC)" --index-url' in makefile
+    for relative in MANIFESTS.values():
+        assert cluster_spec(load(path, relative))["rayVersion"] == args["RAY_VERSION"], relative
+
+
+def test_every_allowed_torch_and_lightning_load_checkpoints_weights_only(project) -> None:
+    """Resuming hands Ray Train's checkpoint to Lightning's fit(ckpt_path=...), which loads it
+    with torch.load's default: weights_only=True from torch 2.6 (before, a tampered checkpoint
+    could run code when unpickled), and left to torch from Lightning 2.6 (before, Lightning
+    passed weights_only=False itself). So neither may be older."""
+    _, path = project
+    for name in ("torch", "lightning"):
+        lower = [
+            Version(s.version) for s in requirement(path, name).specifier if s.operator == ">="
+        ]
+        assert lower and min(lower) >= Version("2.6"), (name, requirement(path, name))
+
+
 # --- Docker --------------------------------------------------------------------------------------
 
 
@@ -360,11 +454,17 @@ def test_make_targets_parse(project) -> None:
         assert proc.returncode == 0, f"make {target}: {proc.stderr}"
 
 
-def submit_command(path: Path, *args: str) -> list[str]:
-    """The words of `make submit`'s command, the environment set before it included."""
+def submit_commands(path: Path, *args: str) -> list[str]:
+    """The shell commands `make submit` runs, continuation lines joined."""
     proc = make_dry_run(path, "submit", *args)
     assert proc.returncode == 0, proc.stderr
-    return shlex.split(proc.stdout.replace("\\\n", " "))
+    return [line for line in proc.stdout.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def submit_command(path: Path, *args: str) -> list[str]:
+    """The words of `make submit`'s `ray job submit`, the environment set before it included."""
+    (command,) = [c for c in submit_commands(path, *args) if " job submit " in c]
+    return shlex.split(command)
 
 
 @pytest.mark.parametrize(
@@ -384,38 +484,65 @@ def test_make_submit_sends_a_token_when_there_is_one(
     assert words[: words.index("ray")] == before
 
 
-def test_make_submit_ships_the_project_to_the_cluster(
+def test_make_submit_uploads_only_what_the_job_needs(
     project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ray._private.runtime_env.packaging import create_package
     from ray.runtime_env import RuntimeEnv
 
-    _, path = project
-    words = submit_command(
-        path,
-        "ARGS=model=cnn scaling=4gpu",
-        "RAY_ADDRESS=http://head:8265",
-        "RAY_AUTH_MODE=disabled",
-    )
+    _, baked = project
+    path = tmp_path / "project"
+    shutil.copytree(baked, path)
+    args = ("ARGS=model=cnn scaling=4gpu", "RAY_ADDRESS=http://head:8265", "RAY_AUTH_MODE=disabled")
+    words = submit_command(path, *args)
     assert words[:3] == ["ray", "job", "submit"]
     assert words[words.index("--address") + 1] == "http://head:8265"
-    assert words[words.index("--working-dir") + 1] == "."
     assert words[words.index("--") + 1 :] == ["python", "train.py", "model=cnn", "scaling=4gpu"]
     runtime_env = json.loads(words[words.index("--runtime-env-json") + 1])
     monkeypatch.chdir(path)  # `ray job submit` reads the paths from the project folder
     RuntimeEnv(**runtime_env)  # Ray accepts it
-    for module in runtime_env["py_modules"]:
-        assert (path / module / "__init__.py").is_file(), module
 
-    # What Ray would upload, with runs and a virtualenv lying around (and .gitignore not read).
-    for junk in ("outputs/runs/old/big.ckpt", ".venv/bin/python", "multirun/x/y.txt"):
-        (path / junk).parent.mkdir(parents=True, exist_ok=True)
-        (path / junk).write_text("junk")
-    package = tmp_path / "working_dir.zip"
-    create_package(str(path), package, include_gitignore=False, excludes=runtime_env["excludes"])
-    names = zipfile.ZipFile(package).namelist()
-    assert "train.py" in names and "configs/train.yaml" in names
-    assert not [n for n in names if n.startswith(("outputs/", ".venv/", "multirun/"))]
+    # A working copy as it is on a laptop: secrets, data, runs and environments lying around
+    # (.gitignore is not read: Ray's excludes and the staging must do without it).
+    secrets = [".env", ".env.local", "credentials.json", "id_rsa", "deploy/key.pem", "configs/.env"]
+    secrets.append(f"src/{PACKAGE}/.env")
+    junk = ["outputs/runs/old/big.ckpt", ".venv/bin/python", "multirun/x/y.txt", "data/rows.csv"]
+    for name in secrets + junk + ["configs/model/extra.yaml"]:
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text("secret")
+
+    def uploaded(*args: str) -> tuple[set[str], set[str]]:
+        """What Ray would upload: the working directory, and the package (a py_module)."""
+        (staging,) = [c for c in submit_commands(path, *args) if " job submit " not in c]
+        proc = run(["sh", "-c", staging], cwd=path)
+        assert proc.returncode == 0, proc.stderr
+        words = submit_command(path, *args)
+        working_dir = path / words[words.index("--working-dir") + 1]
+        assert working_dir != path
+        runtime_env = json.loads(words[words.index("--runtime-env-json") + 1])
+        (module,) = runtime_env["py_modules"]
+        uploads = []
+        for source, parent in ((working_dir, False), (path / module, True)):
+            package = Path(tempfile.mkdtemp(dir=tmp_path)) / "package.zip"
+            create_package(
+                str(source),
+                package,
+                include_gitignore=False,
+                include_parent_dir=parent,
+                excludes=runtime_env["excludes"],
+            )
+            names = zipfile.ZipFile(package).namelist()
+            uploads.append({name for name in names if not name.endswith("/")})
+        return uploads[0], uploads[1]
+
+    files, code = uploaded(*args)
+    configs = {str(p.relative_to(path)) for p in (path / "configs").rglob("*.yaml")}
+    assert files == {"train.py", *configs}  # nothing else from the project folder
+    assert f"{PACKAGE}/serving/app.py" in code and f"{PACKAGE}/.env" not in code
+    assert not [n for n in code if "__pycache__" in n]
+    # More files travel when named, in their folders.
+    files, _ = uploaded(*args, "SUBMIT_FILES=train.py configs data/rows.csv")
+    assert files == {"train.py", "data/rows.csv", *configs}
 
 
 def test_make_submit_overrides_compose(project) -> None:
