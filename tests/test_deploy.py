@@ -247,6 +247,8 @@ def test_rayjob_runs_train_py_with_overrides_that_compose(project) -> None:
     assert storage.split("=", 1)[1].startswith("s3://")
     proc = python("train.py", "--cfg", "job", *overrides, cwd=path)
     assert proc.returncode == 0, proc.stderr
+    # A worker group on the workers, not the default one-process run in the driver on the head.
+    assert yaml.safe_load(proc.stdout)["scaling"]["num_workers"] >= 1
 
 
 def test_rayservice_serves_the_package_app_from_shared_storage(project) -> None:

@@ -110,5 +110,5 @@ def test_default_scaling_follows_accelerator(baked) -> None:
     answers, project = baked
     proc = python("train.py", "--cfg", "job", "--package", "scaling", cwd=project)
     assert proc.returncode == 0, proc.stderr
-    expected = "cpu" if answers["accelerator"] == "cpu" else "1gpu"
+    expected = "local" if answers["accelerator"] == "cpu" else "1gpu"
     assert yaml.safe_load(proc.stdout)["name"] == expected

@@ -101,8 +101,8 @@ def test_scaling_presets_map_to_ray(preset: str) -> None:
     cfg = compose_config(f"scaling={preset}")
     scaling = scaling_config(cfg.scaling)
     assert cfg.scaling.name == preset
-    assert scaling.num_workers == cfg.scaling.num_workers >= 1
-    assert scaling.use_gpu == (preset != "cpu")
+    assert scaling.num_workers == cfg.scaling.num_workers >= (0 if preset == "local" else 1)
+    assert scaling.use_gpu == (preset not in ("cpu", "local"))
     if scaling.use_gpu:
         assert scaling.resources_per_worker["GPU"] == 1
 

@@ -22,7 +22,7 @@ from {{ cookiecutter.package_name }}.data import (
     reuse_prepared,
 )
 from {{ cookiecutter.package_name }}.data.preprocessing import feature_moments, inputs_from_state
-from {{ cookiecutter.package_name }}.data.split import is_validation
+from {{ cookiecutter.package_name }}.data.split import TEST, VALIDATION, is_validation, sides
 from {{ cookiecutter.package_name }}.tasks import Classification
 
 from .conftest import compose_config, run_train
@@ -76,6 +76,16 @@ def test_split_is_seeded_and_independent_of_how_rows_are_cut() -> None:
     assert np.array_equal(val, np.concatenate(pieces))
     assert np.array_equal(val[::-1], is_validation(features.iloc[::-1], 0.25, seed=0))
     assert abs(val.mean() - 0.25) < 0.03
+
+
+def test_a_test_split_comes_out_of_the_training_rows_only() -> None:
+    features = digits_frame().drop(columns="label")
+    side = sides(features, 0.2, 0.15, seed=0)
+    # The validation rows stay those of a run without a test split: results stay comparable.
+    assert np.array_equal(side == VALIDATION, is_validation(features, 0.2, seed=0))
+    assert abs((side == TEST).mean() - 0.15) < 0.03
+    assert np.array_equal(side, sides(features.iloc[::-1], 0.2, 0.15, seed=0)[::-1])
+    assert not (sides(features, 0.2, 0.0, seed=0) == TEST).any()
 
 
 def test_transform_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:

@@ -38,9 +38,16 @@ def test_two_workers_see_disjoint_shards_that_cover_the_split(
     seen_dir.mkdir()
 
     def loop(config: dict) -> None:
-        rank = ray.train.get_context().get_world_rank()
+        context = ray.train.get_context()
+        rank = context.get_world_rank()
         batches = ShardBatches(
-            "train", 16, shuffle_buffer=64, seed=0, num_rows=config["rows"], cache=True
+            "train",
+            16,
+            shuffle_buffer=64,
+            seed=0,
+            num_rows=config["rows"],
+            cache=True,
+            world_size=context.get_world_size(),
         )
         for epoch in range(2):
             # As Lightning reads: len(batches) batches, leaving the iterator unexhausted.

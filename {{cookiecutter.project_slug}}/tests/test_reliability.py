@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,10 +26,14 @@ SLOW = ["data=synthetic", "data.source.num_samples=32768", "checkpoint.every_n_e
 
 def wait_for_checkpoints(run_dir: Path, count: int, proc: subprocess.Popen) -> None:
     """Wait until Ray Train has registered `count` epochs' checkpoints (not just written them:
-    a report still queued in a worker is lost with it)."""
+    a report still queued in a worker is lost with it), or a run in one process (scaling=local)
+    has kept them (renamed into place once complete)."""
     snapshot = run_dir / "ray_train" / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
+        kept = sorted(run_dir.glob("ray_train/checkpoint_epoch_*"))
+        if kept and int(kept[-1].name.rsplit("_", 1)[1]) >= count:
+            return
         try:
             latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
             if latest and latest["metrics"]["epoch"] >= count - 1:
@@ -56,6 +61,7 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(
 ) -> None:
     workers_before = pids("ray::RayTrainWorker")
     proc = start_train(
+        "scaling=cpu",  # a worker group, which Ray Train restarts
         "trainer.max_epochs=5",
         "fault_tolerance.max_failures=1",
         *SLOW,
@@ -155,3 +161,63 @@ def test_ray_inside_a_local_cluster_asks_it_not_a_stale_ray_start_cluster() -> N
         )
     assert proc.returncode == 0, failure(proc)
     assert "controller: ALIVE" in proc.stdout
+
+
+def test_a_run_joins_the_cluster_that_ray_start_runs_here(tmp_path: Path) -> None:
+    # A head of its own, named in a Ray folder of its own: never a user's cluster or the tests'.
+    with tempfile.TemporaryDirectory(prefix="rh", dir="/tmp") as temp:  # short: socket paths
+        env = {**train_env(None), "RAY_TMPDIR": temp}
+        ray_cli = str(Path(sys.executable).parent / "ray")
+        head = [ray_cli, "start", "--head", "--port", str(free_port()), "--num-cpus", "2"]
+        started = subprocess.run(
+            [*head, "--include-dashboard=false", "--disable-usage-stats"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        try:
+            assert started.returncode == 0, started.stderr[-3000:]
+            proc = subprocess.run(
+                [sys.executable, "train.py", "debug=fast", f"hydra.run.dir={tmp_path}"],
+                cwd=Path(__file__).parents[1],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        finally:
+            stop_processes_of(temp)
+    assert proc.returncode == 0, failure(proc)
+    assert "Joining the Ray cluster that `ray start` runs on this machine" in proc.stdout
+    assert "Starting a local Ray cluster" not in proc.stdout
+    assert json.loads((tmp_path / "result.json").read_text())["best_checkpoint"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_processes_of(ray_tmpdir: str) -> None:
+    """Stop the Ray processes whose command line names `ray_tmpdir`: the head a test started
+    there (`ray start` leaves its processes running on their own), and nothing else."""
+    own = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and ray_tmpdir in command:
+            own.append(int(entry.name))
+    for pid in own:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in own):
+        time.sleep(0.2)
+    for pid in own:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,3 +40,20 @@ def test_make_submit_runs_train_py_on_the_cluster(ray_address: str, tmp_path: Pa
     assert "succeeded" in output
     result = json.loads((tmp_path / "result.json").read_text())  # written by the job's train.py
     assert result["metrics"]["epoch"] == 0
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_sweep_runs_a_ray_tune_sweep(ray_address: str, tmp_path: Path) -> None:
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    args = f"ARGS=search.num_samples=2 trainer.max_epochs=2 hydra.sweep.dir={tmp_path}"
+    proc = subprocess.run(
+        ["make", "sweep", args, f"PYTHON={sys.executable}"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "Ray Tune sweep asha: 2 trials" in proc.stdout + proc.stderr
+    trials = (tmp_path / "trials.csv").read_text().splitlines()
+    assert len(trials) == 3 and all("optimizer.lr" in row for row in trials[:1])

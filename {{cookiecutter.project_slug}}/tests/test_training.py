@@ -1,6 +1,7 @@
 """Real training under Ray Train on the shared CPU cluster: outputs, reproducibility, fail-fast."""
 
 import json
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -27,6 +28,7 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     proc = run_train(
         "trainer.max_epochs=2",
         "checkpoint.every_n_epochs=1",
+        "data.test_fraction=0.2",
         f"hydra.run.dir={run_dir}",
         # Nested runtime_env values must reach ray.init as plain dicts (Ray rejects DictConfigs).
         "+ray.runtime_env.env_vars.RESEARCH_RUN_MARK=e2e",
@@ -38,6 +40,15 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     console = proc.stdout + proc.stderr
     for notice in ("sync_dist=True", "LeafSpec", "Progress bars disabled", "Execution plan"):
         assert notice not in console, notice
+    # What starts, one line per epoch, where the results are; Ray's notices in train.log only.
+    assert [line.split(" | ")[0][-10:] for line in console.splitlines() if "epoch " in line] == [
+        " epoch 1/2",
+        " epoch 2/2",
+    ]
+    assert re.search(r"epoch 2/2 \| train_acc [\d.]+ train_loss [\d.]+ \| val_acc", console)
+    assert f"tensorboard --logdir {run_dir}" in console
+    assert not re.search(r"\bINFO \S+\.py:\d+ --", console), console[-3000:]
+    assert "execution finished" in (run_dir / "train.log").read_text()
 
     result = json.loads((run_dir / "result.json").read_text())
     # what the metric settings may name
@@ -49,6 +60,9 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     assert (best / "checkpoint.ckpt").is_file()
     assert best.parent == run_dir / "ray_train"
     assert result["best_checkpoint_metrics"]["val_loss"] <= result["metrics"]["val_loss"] + 1e-9
+    # The held-out rows, once, with the best checkpoint: in result.json and TensorBoard.
+    assert sorted(result["test_metrics"]) == ["test_acc", "test_loss"]
+    assert 0.0 < result["test_metrics"]["test_acc"] <= 1.0
 
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
@@ -63,6 +77,7 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     assert hyperparameters["seed"] == 42
     assert {"val_acc", "val_loss", "epoch"} <= set(metrics)
     assert "hp_metric" not in events.Tags()["scalars"]
+    assert "test_acc" in events.Tags()["scalars"]
 
 
 def test_relative_paths_mean_the_folder_train_py_runs_from(

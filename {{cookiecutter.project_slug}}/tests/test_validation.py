@@ -14,10 +14,18 @@ from .conftest import compose_config, run_train
 BAD = [
     (["optimizer.lr=-0.1"], "optimizer.lr must be a number above 0, got -0.1"),
     (["optimizer.lr=fast"], "optimizer.lr must be a number above 0, got 'fast'"),
-    (["scaling.num_workers=0"], "scaling.num_workers must be at least 1, got 0"),
+    (["scaling.num_workers=-1"], "scaling.num_workers must be at least 1, or 0 for one process"),
+    (
+        ["scaling=local", "fault_tolerance.max_failures=2"],
+        "fault_tolerance.max_failures=2 restarts a worker group, and scaling=local",
+    ),
     (["scaling.num_workers=two"], "scaling: Value 'two' of type 'str' could not be converted"),
     (["data.batch_size=0"], "data.batch_size must be an integer of at least 1, got 0"),
     (["data.val_fraction=1.5"], "data.val_fraction must be a number between 0 and 1"),
+    (
+        ["data.val_fraction=0.5", "data.test_fraction=0.5"],
+        "data.test_fraction=0.5 and data.val_fraction=0.5 leave no rows to train on",
+    ),
     (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer of at least 1, got 0"),
     (["trainer.max_epochs=ten"], "trainer.max_epochs must be an integer of at least 1"),
     (["checkpoint.mode=best"], "checkpoint.mode must be min or max, got 'best'"),
@@ -49,7 +57,7 @@ def test_bad_value_gives_one_clear_line(overrides: list[str], message: str) -> N
 
 
 def test_all_problems_are_listed_together() -> None:
-    cfg = compose_config("optimizer.lr=0", "data.batch_size=0", "scaling.num_workers=0")
+    cfg = compose_config("optimizer.lr=0", "data.batch_size=0", "scaling.num_workers=-1")
     with pytest.raises(ConfigError, match=r"3 problem\(s\)"):
         validate(cfg)
 
@@ -92,6 +100,14 @@ def test_train_py_stops_before_ray_starts(tmp_path) -> None:
 NOT_THERE = [
     (["data=csv", "data.source.path=no/such.csv"], "no/such.csv does not exist"),
     (["-m", "search=asha", "search.resume=true"], "there is no Ray Tune sweep to resume in"),
+    # A cluster started here would have this machine's CPUs only: said before it starts.
+    (["scaling=4gpu"], "scaling=4gpu asks for 4 GPUs (4 workers x 1 GPU); this machine has 0 GPUs"),
+    (["-m", "search=asha", "scaling=8gpu"], "scaling=8gpu asks for 8 GPUs"),
+    # The cluster the project names is down (port 9: nothing listens there).
+    (
+        ["ray.address=ray://127.0.0.1:9"],
+        "No Ray cluster answers at ray://127.0.0.1:9 (from ray.address)",
+    ),
 ]
 
 
@@ -105,6 +121,7 @@ def test_missing_file_or_folder_stops_train_py_in_one_message(
     assert message in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "Starting a local Ray cluster" not in proc.stdout + proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(

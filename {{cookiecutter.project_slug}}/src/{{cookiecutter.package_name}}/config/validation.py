@@ -65,7 +65,11 @@ SCHEMAS = {
 
 # (config key, test, what it must be). Keys that are absent are not checked.
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("scaling.num_workers", lambda v: v >= 1, "at least 1"),
+    (
+        "scaling.num_workers",
+        lambda v: v >= 0,
+        "at least 1, or 0 for one process without a worker group (scaling=local)",
+    ),
     ("scaling.threads_per_worker", lambda v: v is None or v >= 1, "null or at least 1"),
     (
         "scaling.placement_strategy",
@@ -81,6 +85,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number of at least 0"),
     ("data.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
     ("data.val_fraction", lambda v: _number(v) and 0 < v < 1, "a number between 0 and 1"),
+    ("data.test_fraction", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.hidden_dim", lambda v: isinstance(v, int) and v >= 1, "an integer of at least 1"),
     ("model.num_layers", lambda v: isinstance(v, int) and v >= 0, "an integer of at least 0"),
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -95,7 +100,8 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming every problem in `cfg` (the composed config of train.py)."""
     problems = [*_missing(cfg), *_schemas(cfg)]
     if not problems:  # values are only meaningful once their types are right
-        problems += _rules(cfg) + _monitors(cfg) + _optimizer_of_own_module(cfg)
+        problems += _rules(cfg) + _local_mode(cfg) + _splits(cfg)
+        problems += _monitors(cfg) + _optimizer_of_own_module(cfg)
         checked = {problem.split(" ", 1)[0] for problem in problems}
         problems += [
             problem
@@ -148,6 +154,32 @@ def _rules(cfg: DictConfig) -> list[str]:
         if not ok:
             problems.append(f"{key} must be {expected}, got {value!r}")
     return problems
+
+
+def _local_mode(cfg: DictConfig) -> list[str]:
+    """What one process without a worker group (scaling.num_workers=0) cannot do."""
+    if OmegaConf.select(cfg, "scaling.num_workers", default=1) != 0:
+        return []
+    failures = OmegaConf.select(cfg, "fault_tolerance.max_failures", default=0)
+    if failures:
+        return [
+            f"fault_tolerance.max_failures={failures} restarts a worker group, and "
+            "scaling=local (scaling.num_workers=0) trains in this process without one: use "
+            "scaling=cpu to be restarted, or fault_tolerance.max_failures=0"
+        ]
+    return []
+
+
+def _splits(cfg: DictConfig) -> list[str]:
+    """The validation and test shares must leave rows to train on."""
+    val = OmegaConf.select(cfg, "data.val_fraction", default=None)
+    test = OmegaConf.select(cfg, "data.test_fraction", default=None)
+    if _number(val) and _number(test) and 0 < val < 1 and 0 <= test < 1 and val + test >= 1:
+        return [
+            f"data.test_fraction={test} and data.val_fraction={val} leave no rows to train on: "
+            "together they must stay below 1"
+        ]
+    return []
 
 
 def reported_metrics(cfg: DictConfig) -> tuple[str, ...] | None:

@@ -26,7 +26,7 @@ class ShardBatches:
     whole epoch of the digits) is paid once. The worker keeps the rows of its first shard.
 
     `augment` (images: `{hflip: bool, crop_padding: int}`, see data/images.py) changes each
-    batch at random, seeded like the shuffle.
+    batch at random, seeded like the shuffle. `world_size`: the workers sharing the split.
     """
 
     def __init__(
@@ -39,6 +39,7 @@ class ShardBatches:
         num_rows: int | None = None,
         cache: bool = False,
         augment: Mapping[str, Any] | None = None,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be at least 1, got {batch_size}")
@@ -52,6 +53,7 @@ class ShardBatches:
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self.epoch = 0
         self.augment = dict(augment) if augment else None
+        self.world_size = world_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self._batches()
@@ -117,5 +119,5 @@ class ShardBatches:
             return math.ceil(len(self.cached[1]) / self.batch_size)
         if self.num_rows is None:
             raise TypeError("the number of rows of a streamed dataset is not known in advance")
-        rows_per_worker = self.num_rows // ray.train.get_context().get_world_size()
+        rows_per_worker = self.num_rows // self.world_size
         return math.ceil(rows_per_worker / self.batch_size)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..tasks import Task
 from .preprocessing import InputTransform, ToExamples, fit_transform
 from .sources import DataError, TableSource, columns
-from .split import train_val_split
+from .split import split_table
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class PreparedData:
     # Known when the datasets are materialized; each worker then knows its number of batches.
     train_rows: int | None = None
     val_rows: int | None = None
+    # The held-out rows (data.test_fraction), evaluated once with the best checkpoint.
+    test: ray.data.Dataset | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -147,8 +149,12 @@ def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
     if declared is not None and getattr(task, "num_classes", False) is None:
         task.num_classes = declared  # the data says how many classes there are
     task.check_labels(table, source.label_column)  # all rows, the validation rows' too
-    train_table, val_table = train_val_split(
-        table, split_columns, data_cfg.val_fraction, data_cfg.split_seed
+    train_table, val_table, test_table = split_table(
+        table,
+        split_columns,
+        data_cfg.val_fraction,
+        data_cfg.split_seed,
+        test_fraction=float(data_cfg.get("test_fraction") or 0.0),
     )
     task.fit(train_table, source.label_column)
     if images:
@@ -164,6 +170,7 @@ def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
     to_examples = ToExamples(transform, source.label_column, task.label_dtype)
     train = train_table.map_batches(to_examples, batch_format="numpy")
     val = val_table.map_batches(to_examples, batch_format="numpy")
+    test = None if test_table is None else test_table.map_batches(to_examples, batch_format="numpy")
     counts: tuple[int | None, int | None] = (None, None)
     if data_cfg.materialize:
         # Preprocessed once here instead of again in every epoch.
@@ -172,7 +179,7 @@ def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
         for split, rows in zip(("train", "val"), counts, strict=True):
             if rows == 0:
                 raise DataError(f"the {split} split is empty; adjust data.val_fraction")
-    return PreparedData(train, val, transform, source.label_column, task, *counts)
+    return PreparedData(train, val, transform, source.label_column, task, *counts, test=test)
 
 
 _last_prepared: tuple[str, PreparedData] | None = None

@@ -40,6 +40,7 @@ class TaskModule(L.LightningModule):
         metrics = task.metrics()
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
+        self.test_metrics = metrics.clone(prefix="test_")
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)
@@ -50,7 +51,8 @@ class TaskModule(L.LightningModule):
         loss = self.task.loss(outputs, labels)
         # Epoch means, averaged over workers once per epoch; the metrics sync themselves.
         self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        metrics = self.train_metrics if split == "train" else self.val_metrics
+        metrics = {"train": self.train_metrics, "val": self.val_metrics, "test": self.test_metrics}
+        metrics = metrics[split]
         metrics.update(self.task.metric_inputs(outputs.detach()), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True)
         return loss
@@ -60,6 +62,9 @@ class TaskModule(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())

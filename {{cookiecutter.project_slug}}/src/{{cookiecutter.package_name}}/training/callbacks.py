@@ -4,7 +4,8 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -13,14 +14,56 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
+from .. import logs
 from ..checkpoints import CHECKPOINT_FILE, PROJECT_KEY
 from ..data.preprocessing import TensorInputs
+from .local import CheckpointFolder
 
 log = logging.getLogger(__name__)
 
 
+class RayTrainReports:
+    """Where a worker of a Ray Train worker group reports: Ray Train, which keeps the
+    checkpoints by the run's CheckpointConfig (rank 0's copy) and forwards them to a sweep."""
+
+    def report(self, trainer: L.Trainer, metrics: dict[str, Any], checkpoint: bool) -> None:
+        if not checkpoint:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            # Every rank calls save_checkpoint (it may be collective); rank 0's file is kept.
+            trainer.save_checkpoint(os.path.join(directory, CHECKPOINT_FILE))
+            kept = (
+                ray.train.Checkpoint.from_directory(directory) if trainer.global_rank == 0 else None
+            )
+            ray.train.report(metrics, checkpoint=kept)
+
+
+class LocalReports:
+    """Where a run in one process (Ray Train's local mode, `scaling=local`) reports: its own
+    CheckpointFolder, then `forward(metrics, checkpoint folder or None)` if given (a sweep
+    trial's reporter). Ray Train's local mode keeps no checkpoints, and inside a Tune trial
+    refuses `ray.train.report` altogether."""
+
+    def __init__(
+        self,
+        folder: CheckpointFolder,
+        forward: Callable[[dict[str, Any], str | None], None] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.forward = forward
+        self.last_metrics: dict[str, Any] = {}
+
+    def report(self, trainer: L.Trainer, metrics: dict[str, Any], checkpoint: bool) -> None:
+        path = self.folder.save(metrics, trainer.save_checkpoint) if checkpoint else None
+        self.last_metrics = metrics
+        if self.forward is not None:
+            self.forward(metrics, path)
+
+
 class RayReportCallback(L.Callback):
-    """Report metrics to Ray Train every epoch, and a checkpoint every `every_n_epochs`.
+    """Report metrics every epoch, and a checkpoint every `every_n_epochs`, to `reports`
+    (RayTrainReports in a worker group, LocalReports in one process).
 
     Ray's stock `RayTrainReportCallback` checkpoints every epoch, which made a small run ten
     times slower; metrics alone are cheap. The last epoch is always checkpointed, also when a
@@ -35,13 +78,18 @@ class RayReportCallback(L.Callback):
     """
 
     def __init__(
-        self, every_n_epochs: int = 1, metric: str = "val_loss", mode: str = "min"
+        self,
+        every_n_epochs: int = 1,
+        metric: str = "val_loss",
+        mode: str = "min",
+        reports: "RayTrainReports | LocalReports | None" = None,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"checkpoint.every_n_epochs must be at least 1, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
         self.metric = metric
         self.placeholder = math.inf if mode == "min" else -math.inf
+        self.reports = reports or RayTrainReports()
         self.warned = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -66,16 +114,8 @@ class RayReportCallback(L.Callback):
         for logger in trainer.loggers:
             # To disk now: a sweep may stop this run (ending its process) after this report.
             logger.save()
-        if not (last or (epoch + 1) % self.every_n_epochs == 0):
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            # Every rank calls save_checkpoint (it may be collective); rank 0's file is kept.
-            trainer.save_checkpoint(os.path.join(directory, CHECKPOINT_FILE))
-            checkpoint = None
-            if trainer.global_rank == 0:
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        checkpoint = last or (epoch + 1) % self.every_n_epochs == 0
+        self.reports.report(trainer, metrics, checkpoint)
 
 
 class SaveProjectState(L.Callback):
@@ -184,3 +224,36 @@ def flat_hyperparameters(settings: Mapping[str, Any], prefix: str = "") -> dict[
         else:
             flat[name] = str(value)
     return flat
+
+
+class EpochLine(L.Callback):
+    """One console line per epoch on rank 0: its number, train and validation metrics, how long
+    it took and how long the rest will take at that pace."""
+
+    def __init__(self) -> None:
+        self.logger = logs.progress_logger()
+        self.started = 0.0
+        self.epoch_times: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        seconds = time.monotonic() - self.started
+        self.epoch_times.append(seconds)
+        done, total = trainer.current_epoch + 1, trainer.max_epochs
+        metrics = {name: value.item() for name, value in trainer.callback_metrics.items()}
+        parts = [f"epoch {done}/{total}" if total and total > 0 else f"epoch {done}"]
+        groups: dict[str, list[str]] = {"train_": [], "val_": [], "": []}
+        for name, value in sorted(metrics.items()):
+            prefix = next((p for p in ("train_", "val_") if name.startswith(p)), "")
+            groups[prefix].append(f"{name} {value:.4g}")
+        parts += [" ".join(shown) for shown in groups.values() if shown]
+        pace = sum(self.epoch_times[-3:]) / len(self.epoch_times[-3:])
+        timing = f"{seconds:.1f} s"
+        if total and total > done and not trainer.should_stop:
+            timing += f", ETA {pace * (total - done):.0f} s"
+        parts.append(timing)
+        self.logger.info(" | ".join(parts))

@@ -24,6 +24,7 @@ from ..data.sources import resolve_path
 from ..models import build_model, is_lightning_module, model_class
 from ..tuning import reporting
 from . import cluster
+from .local import CheckpointFolder
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,12 @@ log = logging.getLogger(__name__)
 FORWARD_CHECK_PARAMETERS = 10_000_000
 
 
-def run_worker(config: dict[str, Any]) -> None:
+def run_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """What each Ray Train worker runs (`worker.py`). Imported there, in the worker: Lightning
     takes seconds to import, which the driver and sweep trials need not pay."""
     from .worker import train_loop_per_worker as loop
 
-    loop(config)
+    return loop(config)
 
 
 def scaling_config(scaling: DictConfig) -> ScalingConfig:
@@ -119,8 +120,11 @@ def check_model(
         )
 
 
-def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTrainer:
-    """A TorchTrainer for `cfg`, checked against the cluster it will run on."""
+def build_trainer(
+    cfg: DictConfig, callbacks: list | None = None, epoch_lines: bool = True
+) -> TorchTrainer:
+    """A TorchTrainer for `cfg`, checked against the cluster it will run on. `epoch_lines`:
+    print a line per epoch (a sweep's trials do not: Tune's table shows them)."""
     validate(cfg)
     if cfg.get("resume_from"):
         with open_dict(cfg):  # workers run in a folder of Ray's: they get the path from here
@@ -133,14 +137,24 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
                 "trainer.max_epochs to train on."
             )
     ray_data = uses_ray_data(cfg.data)
+    local = is_local(cfg)
     if ray_data and not ray.is_initialized():
         # This process starts Ray (or joins it) now: a missing data file fails first, in
         # seconds. Inside a sweep's trial the driver has read the data, maybe on another node.
         build_source(cfg.data).check()
-    cluster.connect(cfg.ray)
-    cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
+    if local:
+        cluster.check_local(cfg.scaling)
+        if ray_data:  # Ray Data runs on Ray; the training loop runs here
+            cluster.connect(cfg.ray, with_dashboard=False)
+    else:
+        cluster.check_fits_here(cfg.scaling, cfg.ray)
+        cluster.connect(cfg.ray)
+        cluster.check_fits(cfg.scaling, autoscaling=cfg.ray.autoscaling)
     loop_config = OmegaConf.to_container(cfg, resolve=True)
     loop_config["launch_dir"] = os.getcwd()
+    loop_config["epoch_lines"] = epoch_lines
+    if local:
+        loop_config["local_run_dir"] = str(local_run_dir(cfg))
     if not ray_data:
         # A LightningDataModule or the model's own dataloaders: the workers load the data.
         loop_config["data_info"] = unprepared_data_info(cfg.task)
@@ -152,7 +166,7 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
         )
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
     data = prepare_reusing(cfg.data, cfg.task)
-    data.check_shards(cfg.scaling.num_workers)
+    data.check_shards(max(1, cfg.scaling.num_workers))
     check_model(cfg.model, data.input_shape, data.num_outputs, forward=not cfg.scaling.use_gpu)
     loop_config["data_info"] = data.worker_info()
     return TorchTrainer(
@@ -163,6 +177,16 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None) -> TorchTraine
         datasets={"train": data.train, "val": data.val},
         dataset_config=data.ingest_config(cfg.scaling.num_workers),
     )
+
+
+def is_local(cfg: DictConfig) -> bool:
+    """Whether `cfg` trains in one process, without a worker group (`scaling=local`)."""
+    return cfg.scaling.num_workers == 0
+
+
+def local_run_dir(cfg: DictConfig) -> Path:
+    """Where a run in one process keeps its checkpoints: the folder Ray Train would use."""
+    return Path(resolve_path(cfg.paths.storage_path)) / cfg.run_name
 
 
 def unprepared_data_info(task_cfg: DictConfig) -> dict[str, Any]:
@@ -177,6 +201,22 @@ def unprepared_data_info(task_cfg: DictConfig) -> dict[str, Any]:
         "val_rows": None,
         "task": task.state(),
         "inputs": None,
+    }
+
+
+def summarize_local(metrics: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
+    """summarize() for a run in one process, from the checkpoints it kept (local.py)."""
+    folder = CheckpointFolder(
+        local_run_dir(cfg), cfg.checkpoint.num_to_keep, cfg.checkpoint.metric, cfg.checkpoint.mode
+    )
+    best, kept = folder.best(), folder.checkpoints()
+    return {
+        "metrics": _plain(metrics),
+        "best_checkpoint": best[0] if best else None,
+        "best_checkpoint_metrics": _plain(best[1]) if best else {},
+        "latest_checkpoint": kept[-1][0] if kept else None,
+        "storage_path": str(folder.run_dir),
+        "output_dir": cfg.paths.output_dir,
     }
 
 
@@ -203,25 +243,47 @@ def summarize(result: Result, cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job under Ray Train and write `<output_dir>/result.json`.
 
-    Inside a Ray Tune trial (a sweep), every epoch's report is forwarded to Tune as it happens.
+    Inside a Ray Tune trial (a sweep), every epoch's report is forwarded to Tune as it happens:
+    by the Train controller of a worker group, or by the loop itself in one process
+    (`scaling=local`, where TorchTrainer runs the loop in this process).
     """
     tune_reporter = reporting.active()
-    if tune_reporter is None:
-        trainer = build_trainer(cfg)
+    local = is_local(cfg)
+    if tune_reporter is not None and not local:
+        trainer = build_trainer(cfg, callbacks=tune_reporter.callbacks, epoch_lines=False)
+        result = tune_reporter.fit(trainer)
+    else:
+        trainer = build_trainer(cfg, epoch_lines=tune_reporter is None)
         try:
             result = trainer.fit()
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train aborts the run, then exits
-            log.warning(
-                "Training stopped before its last epoch. To continue from its latest "
-                "checkpoint, run: %s",
-                resume_command(cfg.paths.output_dir),
-            )
+            if tune_reporter is None:  # in a trial: Tune stopped it
+                log.warning(
+                    "Training stopped before its last epoch. To continue from its latest "
+                    "checkpoint, run: %s",
+                    resume_command(cfg.paths.output_dir),
+                )
             raise
+    if local:
+        summary = summarize_local(result.return_value["metrics"], cfg)
     else:
-        result = tune_reporter.fit(build_trainer(cfg, callbacks=tune_reporter.callbacks))
-    summary = summarize(result, cfg)
+        summary = summarize(result, cfg)
+    if tune_reporter is None:  # a sweep evaluates its best trial only, once it is known
+        summary["test_metrics"] = test_metrics(cfg, summary["best_checkpoint"])
     write_result(summary, cfg.paths.output_dir)
     return summary
+
+
+def test_metrics(cfg: DictConfig, checkpoint_dir: str | None) -> dict[str, Any]:
+    """The best checkpoint's metrics on the held-out test split, if the data has one."""
+    if not checkpoint_dir or not uses_ray_data(cfg.data) or not cfg.data.get("test_fraction"):
+        return {}
+    from .evaluation import evaluate_test_split  # noqa: PLC0415 (imports Lightning)
+
+    data = prepare_reusing(cfg.data, cfg.task)
+    metrics = evaluate_test_split(cfg, data, checkpoint_dir)
+    log.info("Test metrics of the best checkpoint: %s", metrics)
+    return metrics
 
 
 def resume_command(output_dir: str) -> str:
@@ -238,6 +300,7 @@ def write_result(summary: dict[str, Any], output_dir: str) -> Path:
     log.info("Final metrics: %s", summary["metrics"])
     log.info("Best checkpoint: %s", summary["best_checkpoint"])
     log.info("Summary written to %s", path)
+    log.info("TensorBoard: tensorboard --logdir %s", output_dir)
     return path
 
 

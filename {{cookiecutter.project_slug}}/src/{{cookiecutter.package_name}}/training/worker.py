@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
-from .. import teardown
+from .. import logs, teardown
 from ..checkpoints import CHECKPOINT_FILE, project_state
 from ..data.loader import ShardBatches
 from ..data.pipeline import hide_progress_notice
@@ -29,12 +29,16 @@ from ..models import build_model
 from ..tasks import Task, load_task
 from ..tasks.module import TaskModule
 from .callbacks import (
+    EpochLine,
     HyperparametersToTensorBoard,
     KeepConfiguredOptimizerSettings,
+    LocalReports,
     RayReportCallback,
+    RayTrainReports,
     SaveProjectState,
     flat_hyperparameters,
 )
+from .local import CheckpointFolder
 
 # What TensorBoard's HParams tab lists for a run: the settings a sweep varies, and every metric
 # Lightning writes to TensorBoard (all but the step, which is each point's x); the epoch column
@@ -66,8 +70,11 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return {name: value for name, value in flat.items() if not name.endswith("._partial_")}
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point of every worker. `config` is the run's resolved config as plain containers."""
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Entry point of every worker. `config` is the run's resolved config as plain containers.
+
+    In one process (`scaling=local`, Ray Train's local mode: `config["local_run_dir"]` is set)
+    this is the only worker, and returns the last epoch's metrics."""
     cfg = OmegaConf.create(config)
     # Ray Train starts each worker in a folder of its own: relative paths (a logger.save_dir, a
     # file your model reads) mean here what they mean to train.py, as in a plain script.
@@ -75,6 +82,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         os.chdir(cfg.launch_dir)
     # Lightning's start-up notices, once per worker, drown the run's own log.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logs.quiet_ray_console()  # Ray Train's per-report notices, in a worker group
     threads = cfg.scaling.get("threads_per_worker")
     if threads:
         torch.set_num_threads(int(threads))
@@ -84,7 +92,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # reads only its own shard of each split.
     info = cfg.data_info
     task = load_task(OmegaConf.to_container(info.task))
-    data = _data(cfg)
+    local = cfg.get("local_run_dir") is not None
+    # Inside a sweep's trial, Ray Train's local mode refuses its context: one process is one rank.
+    world_size = 1 if local else ray.train.get_context().get_world_size()
+    data = _data(cfg, world_size)
     input_shape = info.input_shape
     if "datamodule" in data:
         input_shape = _datamodule_sizes(data["datamodule"], task)
@@ -97,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         task.state(),
         OmegaConf.to_container(info.inputs) if info.inputs else None,
     )
-    world_size = ray.train.get_context().get_world_size()
+    reports = _local_reports(cfg) if local else RayTrainReports()
     _quiet_false_alarms(world_size)
     trainer = L.Trainer(
         **cfg.trainer,
@@ -105,11 +116,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         **_distribution(world_size),
         callbacks=[
             RayReportCallback(
-                cfg.checkpoint.every_n_epochs, cfg.checkpoint.metric, cfg.checkpoint.mode
+                cfg.checkpoint.every_n_epochs, cfg.checkpoint.metric, cfg.checkpoint.mode, reports
             ),
             SaveProjectState(state),
             KeepConfiguredOptimizerSettings(),
             HyperparametersToTensorBoard(hyperparameters(cfg), _shown_metrics(cfg, task, kind)),
+            *([EpochLine()] if cfg.get("epoch_lines") else []),
             *(instantiate(callback) for callback in cfg.callbacks.values()),
         ],
         # No "hp_metric" placeholder (-1 in every run): HyperparametersToTensorBoard names the
@@ -123,10 +135,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trainer = prepare_trainer(trainer)  # checks the strategy and environment are Ray's
 
     with ExitStack() as stack:
-        trainer.fit(model, **data, ckpt_path=_resume_path(stack, cfg))
+        resume = _local_resume_path(reports, cfg) if local else _resume_path(stack, cfg)
+        trainer.fit(model, **data, ckpt_path=resume)
+    return {"metrics": reports.last_metrics} if local else None
 
 
-def _data(cfg: DictConfig) -> dict[str, Any]:
+def _local_reports(cfg: DictConfig) -> LocalReports:
+    """Reports of a run in one process: kept in its run folder, and in a sweep's trial handed
+    to Tune as well (tuning/reporting.py)."""
+    from ..tuning import reporting  # noqa: PLC0415 (tuning imports training)
+
+    folder = CheckpointFolder(
+        cfg.local_run_dir, cfg.checkpoint.num_to_keep, cfg.checkpoint.metric, cfg.checkpoint.mode
+    )
+    trial = reporting.active()
+    return LocalReports(folder, forward=trial.forward if trial is not None else None)
+
+
+def _local_resume_path(reports: LocalReports, cfg: DictConfig) -> str | None:
+    """In one process: the run folder's latest checkpoint (the same run started again), else
+    `resume_from`."""
+    return reports.folder.latest() or cfg.get("resume_from") or None
+
+
+def _data(cfg: DictConfig, world_size: int) -> dict[str, Any]:
     """trainer.fit's data arguments: this worker's Ray Data shards, a LightningDataModule, or
     nothing (the model's own dataloaders). Lightning shards the latter two across workers with
     its distributed sampler."""
@@ -141,6 +173,7 @@ def _data(cfg: DictConfig) -> dict[str, Any]:
                 num_rows=cfg.data_info.train_rows,
                 cache=cfg.data.cache_in_worker,
                 augment=cfg.data.get("augment"),
+                world_size=world_size,
             ),
             "val_dataloaders": ShardBatches(
                 "val",
@@ -148,6 +181,7 @@ def _data(cfg: DictConfig) -> dict[str, Any]:
                 prefetch_batches=cfg.data.prefetch_batches,
                 num_rows=cfg.data_info.val_rows,
                 cache=cfg.data.cache_in_worker,
+                world_size=world_size,
             ),
         }
     if cfg.data.get("datamodule") is not None:

@@ -1,5 +1,8 @@
 """Forwarding a Ray Train run's per-epoch reports to the Ray Tune trial that runs it.
 
+A run in the trial's own process (`scaling=local`) hands each report to `TrialReporter.forward`
+from its training loop. A worker group reports through its Train controller, as follows.
+
 Ray's own `TuneReportCallback` forwards metrics but not checkpoints, and population based
 training needs the checkpoints: it restarts a trial from another trial's. Here the Train
 controller puts each report (metrics and checkpoint path) on a queue; the trial's thread takes
@@ -77,15 +80,26 @@ class TrialReporter:
     """Created per trial by the sweeper; `training.run.train` uses it when one is active."""
 
     def __init__(self, last_epoch: int, **extra: Any) -> None:
-        self.queue = _process_queue()
         self.run_id = uuid.uuid4().hex
         self.last_epoch = last_epoch  # the run's final epoch (0-based)
         self.extra = extra  # added to every report, e.g. the trial's output folder
         self.held_back: tuple[dict, str | None] | None = None  # the last epoch's report
 
     @property
+    def queue(self) -> Queue:
+        return _process_queue()
+
+    @property
     def callbacks(self) -> list[UserCallback]:
         return [_ForwardReports(self.queue, self.run_id)]
+
+    def forward(self, metrics: dict[str, Any], checkpoint_path: str | None) -> None:
+        """Hand one epoch's report to Tune; the last epoch's is held back (report_last_epoch).
+        A run in this process (`scaling=local`) calls it from its own loop."""
+        if metrics.get("epoch") == self.last_epoch:
+            self.held_back = (metrics, checkpoint_path)
+        else:
+            self._report(metrics, checkpoint_path)
 
     def fit(self, trainer: TorchTrainer) -> Result:
         """`trainer.fit()` in a thread while this thread reports to Tune as results arrive."""
@@ -110,10 +124,7 @@ class TrialReporter:
         try:
             for report in self._reports():
                 metrics, checkpoint_path, controller = report
-                if metrics.get("epoch") == self.last_epoch:
-                    self.held_back = (metrics, checkpoint_path)
-                else:
-                    self._report(metrics, checkpoint_path)
+                self.forward(metrics, checkpoint_path)
         except BaseException:
             # Tune stopped or paused the trial (SystemExit), or the trial is failing. A paused
             # (PBT) trial is restored later in a new run, whose result.json this one must not

@@ -176,6 +176,7 @@ def run_sweep(
     if uses_ray_data(config.data):
         build_source(config.data).check()
 
+    cluster.check_fits_here(config.scaling, config.ray)
     cluster.connect(config.ray)
     autoscaling = bool(config.ray.autoscaling)
     cluster.check_fits(config.scaling, autoscaling=autoscaling)
@@ -203,10 +204,7 @@ def run_sweep(
         )
     context = TrialContext(config, hydra_context, task_function, space, Singleton.get_state(), data)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context),
-        # The trial's own process only waits on its Train run, whose workers reserve the CPUs
-        # and GPUs. Tune needs a non-empty request, so the trial takes a token 1 MiB of memory.
-        tune.PlacementGroupFactory([{"memory": 2**20}]),
+        tune.with_parameters(run_trial, context=context), trial_resources(config.scaling)
     )
     monitor = SweepMonitor(int(search.max_failed_trials))
     tuner = make_tuner(
@@ -269,6 +267,18 @@ def run_sweep(
             f"same command plus: search.resume=true hydra.sweep.dir={sweep_dir}"
         )
     return {"best": best, "trials": rows}
+
+
+def trial_resources(scaling: DictConfig) -> tune.PlacementGroupFactory:
+    """What each trial's own process reserves.
+
+    With `scaling=local` the trial trains in its own process: it takes one worker's resources.
+    Otherwise it only waits on its Train run, whose workers reserve the CPUs and GPUs; Tune
+    needs a non-empty request, so the trial takes a token 1 MiB of memory.
+    """
+    if scaling.num_workers == 0:
+        return tune.PlacementGroupFactory([cluster.worker_bundle(scaling)])
+    return tune.PlacementGroupFactory([{"memory": 2**20}])
 
 
 def make_scheduler(scheduler_cfg: DictConfig | None, space: SearchSpace) -> Any:
