@@ -121,6 +121,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
         "search.max_concurrent_trials=1",
         "trainer.max_epochs=100",
         *SMALL,
+        "scaling=cpu",  # a worker group per trial: Ray Train's, aborted when Tune stops it
         "scaling.resources_per_worker.CPU=2",
         "optimizer.lr=0.03,1e-7,0.01",
         f"hydra.sweep.dir={tmp_path}",
