@@ -596,6 +596,9 @@ def test_metadata_health_docs_and_serve_config(served: ServeCommand) -> None:
     inputs = metadata["inputs"]
     assert inputs["kind"] == "table" and inputs["shape"] == [64]
     assert inputs["feature_columns"] == list(COLUMNS)
+    # The scale the model expects: each feature's mean and spread in the training rows.
+    assert len(inputs["training_mean"]) == len(inputs["training_std"]) == 64
+    assert 0 <= min(inputs["training_mean"]) and max(inputs["training_mean"]) <= 16
     assert metadata["device"] == "cpu"
     assert metadata["max_rows_per_request"] == 16
     assert metadata["max_request_bytes"] == MAX_REQUEST_BYTES

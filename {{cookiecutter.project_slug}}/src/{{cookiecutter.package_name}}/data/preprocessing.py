@@ -66,13 +66,19 @@ class Transform:
         return self(np.stack([batch[column] for column in self.feature_columns], axis=1))
 
     def describe(self) -> dict[str, Any]:
-        return {
+        """What one input is; with standard preprocessing also each feature's mean and standard
+        deviation in the training rows: the scale the model expects its inputs on."""
+        described = {
             "kind": self.kind,
             "shape": [len(self.feature_columns)],
             "dtype": "number",
             "feature_columns": list(self.feature_columns),
             "also_accepted_shape": list(self.input_shape),
         }
+        if self.mean is not None and self.std is not None:
+            described["training_mean"] = [round(float(v), 6) for v in self.mean]
+            described["training_std"] = [round(float(v), 6) for v in self.std]
+        return described
 
     def state(self) -> dict[str, Any]:
         """Plain lists and strings: what torch.load(weights_only=True) can read back."""
