@@ -100,7 +100,7 @@ def test_relative_paths_mean_the_folder_train_py_runs_from(
         "trainer.max_epochs=2",
         *SMALL_DATA,
         "resume_from=last.ckpt",
-        "logger.save_dir=tensorboard",
+        "logger.tensorboard.save_dir=tensorboard",
         "hydra.run.dir=second",
         ray_address=ray_address,
         cwd=tmp_path,

@@ -11,6 +11,7 @@ What is left is checked here:
 """
 
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,33 @@ from omegaconf.errors import OmegaConfBaseException
 from ..models import is_lightning_module
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+# Lightning Trainer arguments the project sets itself, and the setting that owns each.
+TRAINER_OWNERS = {
+    "accelerator": "scaling.use_gpu (true: GPUs, false: CPUs)",
+    "devices": "scaling.num_workers (one device per worker; scaling=local: one process)",
+    "num_nodes": "scaling.num_workers (Ray places the workers on the cluster's nodes)",
+    "strategy": "scaling.strategy (ddp, fsdp or deepspeed) and scaling.strategy_options",
+    "plugins": "the scaling preset (the cluster environment; scaling.strategy_options)",
+    "logger": "the logger group (logger=tensorboard, csv, mlflow, wandb, many, none)",
+    "callbacks": "the callbacks group (callbacks=early_stopping, +callbacks.<name>._target_=...)",
+    "enable_checkpointing": "checkpoint (checkpoint.every_n_epochs, checkpoint.num_to_keep)",
+    "default_root_dir": "paths (paths.results_dir; a run's folder is hydra.run.dir)",
+}
+# Trainer arguments the shipped configs set: checked without importing Lightning (seconds) in the
+# driver; any other key is looked up in lightning.Trainer's signature.
+SHIPPED_TRAINER_ARGUMENTS = frozenset(
+    {
+        "max_epochs", "precision", "gradient_clip_val", "accumulate_grad_batches",
+        "limit_train_batches", "limit_val_batches", "log_every_n_steps", "deterministic",
+        "enable_progress_bar", "enable_model_summary", "overfit_batches", "profiler",
+    }
+)  # fmt: skip
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
+# Precisions that need a GPU: torch's CPU autocast is bfloat16 only.
+GPU_PRECISIONS = {"16-mixed", "16", "16-true", "transformer-engine", "transformer-engine-float16"}
+# Trackers (configs/logger/) and the package each needs.
+TRACKER_PACKAGES = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb", "CometLogger": "comet_ml"}
 
 
 class ConfigError(CompactHydraException, ValueError):
@@ -42,6 +70,8 @@ class ScalingSchema:
     threads_per_worker: int | None = None
     placement_strategy: str = "PACK"
     accelerator_type: str | None = None
+    strategy: str = "ddp"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +106,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         lambda v: v in {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},
         "one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD",
     ),
+    (
+        "scaling.strategy",
+        lambda v: v in STRATEGIES,
+        "one of ddp, fsdp, deepspeed (Ray's Lightning strategies)",
+    ),
     ("checkpoint.every_n_epochs", lambda v: v >= 1, "at least 1"),
     ("checkpoint.num_to_keep", lambda v: v is None or v >= 1, "null or at least 1"),
     ("checkpoint.mode", lambda v: v in {"min", "max"}, "min or max"),
@@ -102,6 +137,7 @@ def validate(cfg: DictConfig) -> None:
     if not problems:  # values are only meaningful once their types are right
         problems += _rules(cfg) + _local_mode(cfg) + _splits(cfg)
         problems += _monitors(cfg) + _optimizer_of_own_module(cfg)
+        problems += _trainer_options(cfg) + _strategy(cfg) + _trackers(cfg)
         checked = {problem.split(" ", 1)[0] for problem in problems}
         problems += [
             problem
@@ -112,6 +148,79 @@ def validate(cfg: DictConfig) -> None:
     if problems:
         lines = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigError(f"Invalid config ({len(problems)} problem(s)):\n{lines}")
+
+
+def _trainer_options(cfg: DictConfig) -> list[str]:
+    """Every key of `trainer` must be a Lightning Trainer argument that the project leaves to
+    the run; a precision that needs GPUs is refused on CPUs."""
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig):
+        return []
+    problems = []
+    for name in trainer:
+        if name in TRAINER_OWNERS:
+            problems.append(
+                f"trainer.{name} is set by the project: choose it with {TRAINER_OWNERS[name]}"
+            )
+        elif name not in SHIPPED_TRAINER_ARGUMENTS and name not in (known := trainer_arguments()):
+            options = ", ".join(sorted(known - set(TRAINER_OWNERS)))
+            problems.append(
+                f"trainer.{name} is not an argument of lightning.Trainer (it takes: {options})"
+            )
+    precision = str(trainer.get("precision", "32-true"))
+    if precision in GPU_PRECISIONS and not OmegaConf.select(cfg, "scaling.use_gpu", default=False):
+        problems.append(
+            f"trainer.precision={precision} needs GPUs (scaling.use_gpu=true): CPUs compute in "
+            "bfloat16 only, use trainer.precision=bf16-mixed there, or 32-true"
+        )
+    return problems
+
+
+def trainer_arguments() -> set[str]:
+    """The keyword arguments of lightning.Trainer."""
+    from lightning import Trainer  # noqa: PLC0415 (seconds to import: only when needed)
+
+    return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+
+
+def _strategy(cfg: DictConfig) -> list[str]:
+    """FSDP and DeepSpeed shard a model across the GPUs of a worker group."""
+    strategy = OmegaConf.select(cfg, "scaling.strategy", default="ddp")
+    if strategy not in ("fsdp", "deepspeed"):
+        return []
+    problems = []
+    if not OmegaConf.select(cfg, "scaling.use_gpu", default=False):
+        problems.append(
+            f"scaling.strategy={strategy} needs GPUs: choose a GPU preset (e.g. scaling=4gpu "
+            f"scaling.strategy={strategy}) or scaling.strategy=ddp on CPUs"
+        )
+    if OmegaConf.select(cfg, "scaling.num_workers", default=1) == 0:
+        problems.append(
+            f"scaling.strategy={strategy} runs in a worker group, and scaling.num_workers=0 "
+            "(scaling=local) trains in this process: set scaling.num_workers to 1 or more"
+        )
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        problems.append(
+            "scaling.strategy=deepspeed needs the deepspeed package, not installed here: "
+            "pip install deepspeed"
+        )
+    return problems
+
+
+def _trackers(cfg: DictConfig) -> list[str]:
+    """Each tracker's package must be installed (mlflow, wandb: the project's extras)."""
+    problems = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        package = TRACKER_PACKAGES.get(str(node._target_).rsplit(".", 1)[-1])
+        if package and importlib.util.find_spec(package) is None:
+            extra = package.replace("_", "-")
+            problems.append(
+                f"logger.{name} needs the {package} package, not installed here: "
+                f"pip install -e '.[{extra}]' (or pip install {extra})"
+            )
+    return problems
 
 
 def _missing(node: Any, key: str = "") -> list[str]:
@@ -278,6 +387,8 @@ def _signature(key: str, node: DictConfig) -> list[str]:
             options = ", ".join(sorted(known - {"self"}))
             problems.append(f"{key}.{name} is not a parameter of {target} (it takes: {options})")
             continue
+        if OmegaConf.is_interpolation(node, name):
+            continue  # resolved when the run starts (a path in the run's folder needs Hydra's)
         parameter = parameters.get(name)
         default = parameter.default if parameter is not None else None
         value = node[name]

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import ray.train
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch.utils.tensorboard.summary import hparams
 
 from .. import logs
@@ -196,9 +196,14 @@ class HyperparametersToTensorBoard(L.Callback):
     metric names are written here: TensorBoard reads their values from the run's own curves, so a
     trial that a sweep stops early shows the epoch it reached. `hyperparameters` holds plain
     values (str, int, float, bool), as `flat_hyperparameters` makes them.
+
+    Every other tracker (CSV, MLflow, W&B: training/loggers.py) gets the same settings through
+    its own `log_hyperparams`; a W&B run is finished when the fit ends, so that its files are
+    complete before the process (a Ray worker, a sweep's trial) moves on.
     """
 
     def __init__(self, hyperparameters: dict[str, Any], metrics: Sequence[str]) -> None:
+        self.hyperparameters = hyperparameters
         self.summaries = hparams(hyperparameters, dict.fromkeys(metrics, 0.0))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -209,6 +214,15 @@ class HyperparametersToTensorBoard(L.Callback):
                 writer = logger.experiment._get_file_writer()  # as Lightning's log_hyperparams
                 for summary in self.summaries:
                     writer.add_summary(summary)
+            else:
+                logger.log_hyperparams(self.hyperparameters)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                logger._experiment.finish()
 
 
 def flat_hyperparameters(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,11 +14,11 @@ import lightning as L
 import ray.data
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from ..checkpoints import CHECKPOINT_FILE
 from ..data.pipeline import PreparedData
+from .loggers import tensorboard_logger
 from .worker import build_module
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,12 @@ class DatasetBatches:
 
 def evaluate_test_split(cfg: DictConfig, data: PreparedData, checkpoint_dir: str) -> dict[str, Any]:
     """The metrics of the checkpoint in `checkpoint_dir` on `data.test`, also written to the
-    run's TensorBoard. Empty, with a warning, if the model has no `test_step`."""
+    run's TensorBoard, if it has one. Empty, with a warning, if the model has no `test_step`."""
     model, _ = build_module(cfg, data.task, data.input_shape)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        logger=TensorBoardLogger(
-            save_dir=cfg.logger.save_dir, name="", version="", default_hp_metric=False
-        ),
+        logger=tensorboard_logger(cfg),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -25,6 +25,7 @@ from ..models import build_model, is_lightning_module, model_class
 from ..tuning import reporting
 from . import cluster
 from .local import CheckpointFolder
+from .loggers import check_trackers, driver_context
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def build_trainer(
     """A TorchTrainer for `cfg`, checked against the cluster it will run on. `epoch_lines`:
     print a line per epoch (a sweep's trials do not: Tune's table shows them)."""
     validate(cfg)
+    check_trackers(cfg)  # a tracker's server that does not answer: stop before Ray starts
     if cfg.get("resume_from"):
         with open_dict(cfg):  # workers run in a folder of Ray's: they get the path from here
             cfg.resume_from = resolve_path(cfg.resume_from)
@@ -153,6 +155,7 @@ def build_trainer(
     loop_config = OmegaConf.to_container(cfg, resolve=True)
     loop_config["launch_dir"] = os.getcwd()
     loop_config["epoch_lines"] = epoch_lines
+    loop_config["tracking"] = driver_context(cfg)  # the tracking URI, the sweep of a trial
     if local:
         loop_config["local_run_dir"] = str(local_run_dir(cfg))
     if not ray_data:

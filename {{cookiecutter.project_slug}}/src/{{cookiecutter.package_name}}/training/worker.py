@@ -16,10 +16,9 @@ import lightning as L
 import ray.train
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
-from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+from ray.train.lightning import prepare_trainer
 
 from .. import logs, teardown
 from ..checkpoints import CHECKPOINT_FILE, project_state
@@ -39,6 +38,8 @@ from .callbacks import (
     flat_hyperparameters,
 )
 from .local import CheckpointFolder
+from .loggers import build_loggers
+from .options import distribution, trainer_options
 
 # What TensorBoard's HParams tab lists for a run: the settings a sweep varies, and every metric
 # Lightning writes to TensorBoard (all but the step, which is each point's x); the epoch column
@@ -111,9 +112,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     reports = _local_reports(cfg) if local else RayTrainReports()
     _quiet_false_alarms(world_size)
     trainer = L.Trainer(
-        **cfg.trainer,
+        **trainer_options(cfg),
         accelerator="gpu" if cfg.scaling.use_gpu else "cpu",
-        **_distribution(world_size),
+        **distribution(cfg.scaling, world_size),
         callbacks=[
             RayReportCallback(
                 cfg.checkpoint.every_n_epochs, cfg.checkpoint.metric, cfg.checkpoint.mode, reports
@@ -124,11 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             *([EpochLine()] if cfg.get("epoch_lines") else []),
             *(instantiate(callback) for callback in cfg.callbacks.values()),
         ],
-        # No "hp_metric" placeholder (-1 in every run): HyperparametersToTensorBoard names the
-        # real metrics.
-        logger=TensorBoardLogger(
-            save_dir=cfg.logger.save_dir, name="", version="", default_hp_metric=False
-        ),
+        logger=build_loggers(cfg),  # configs/logger/: rank 0 writes, each gets hyperparameters()
         enable_checkpointing=False,
     )
     if world_size > 1:
@@ -208,22 +205,6 @@ def _shown_metrics(cfg: DictConfig, task: Task, kind: str) -> tuple[str, ...]:
     if kind == "network":
         return tuple(name for name in task.reported_metrics() if name != "step")
     return (cfg.checkpoint.metric, "epoch")
-
-
-def _distribution(world_size: int) -> dict[str, Any]:
-    """Lightning's devices, strategy and plugins for a worker group of `world_size`.
-
-    Several workers train with DDP in Ray's process group. A single worker trains as a plain
-    one-device run: DDP around one process only adds work to every step (about a tenth of the
-    digits' epoch time on 2 cores).
-    """
-    if world_size == 1:
-        return {"devices": 1}
-    return {
-        "devices": "auto",
-        "strategy": RayDDPStrategy(),
-        "plugins": [RayLightningEnvironment()],
-    }
 
 
 def _quiet_false_alarms(world_size: int) -> None:

@@ -1,0 +1,185 @@
+"""The run's trackers (configs/logger/): TensorBoard, CSV, MLflow, W&B, any set of them.
+
+Each entry of `logger` is a Lightning logger built from its `_target_`; what a setting leaves at
+null is filled in here from the run (its folder, the results folder, the environment). Lightning
+writes to loggers on rank 0 only; HyperparametersToTensorBoard (callbacks.py) gives each the run's
+flattened settings when the fit starts.
+
+`check_trackers` runs in the driver before Ray starts: a tracker whose server cannot be reached
+stops the run there, in one line. `driver_context` (driver side too) carries to the workers what
+only the driver knows: MLFLOW_TRACKING_URI as train.py was given it (a worker of a cluster has
+its own environment), and in a sweep, which sweep a trial belongs to and its values (Hydra knows
+them there). Each trial is then one tracker run, tagged with its values and grouped under its
+sweep (MLflow: an experiment named after the sweep's folder; W&B: a group of that name).
+"""
+
+import logging
+import os
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import ConfigError
+
+# The name of runs' MLflow experiment and W&B project when none is configured.
+PROJECT = __name__.split(".", 1)[0]
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """The Lightning loggers of `cfg.logger`, in the order configured (an empty list: none)."""
+    _quiet_trackers()
+    return [
+        instantiate(node, **_filled_in(cfg, node))
+        for node in (cfg.get("logger") or {}).values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
+def tensorboard_logger(cfg: DictConfig) -> Any:
+    """The run's TensorBoard logger if it has one (the test split's metrics go there), else
+    False (no logger)."""
+    for node in (cfg.get("logger") or {}).values():
+        if isinstance(node, DictConfig) and _kind(node) == "TensorBoardLogger":
+            return instantiate(node)
+    return False
+
+
+def driver_context(cfg: DictConfig) -> dict[str, Any]:
+    """What the workers' trackers need from the driver (`cfg.tracking` there)."""
+    return {
+        "mlflow_tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
+        "sweep": sweep_of_run(cfg),
+    }
+
+
+def sweep_of_run(cfg: DictConfig) -> dict[str, Any] | None:
+    """In a sweep's trial: the sweep's folder inside the results folder, and the trial's number
+    and values (its command-line overrides). None for a single run."""
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+    from hydra.types import RunMode  # noqa: PLC0415
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra = HydraConfig.get()
+    values = {}
+    for override in hydra.overrides.task:
+        key, _, value = override.lstrip("+~").partition("=")
+        values[key] = value
+    return {
+        "sweep": _inside_results(cfg, hydra.sweep.dir),
+        "trial": str(hydra.job.num),
+        "values": values,
+    }
+
+
+def run_label(cfg: DictConfig) -> str:
+    """The run's folder inside the results folder (runs/<date>/<time>, sweeps/<...>/<trial>):
+    its name in MLflow and W&B."""
+    return _inside_results(cfg, cfg.paths.output_dir)
+
+
+def _inside_results(cfg: DictConfig, path: str) -> str:
+    """`path` relative to the results folder if it is inside, else its last part."""
+    path = os.path.abspath(path)
+    results_dir = os.path.abspath(cfg.paths.results_dir)
+    if path.startswith(results_dir + os.sep):
+        return os.path.relpath(path, results_dir)
+    return os.path.basename(path)
+
+
+def mlflow_tracking_uri(cfg: DictConfig, node: DictConfig) -> str:
+    """`tracking_uri` if set, else MLFLOW_TRACKING_URI (the driver's, then this process's),
+    else the local store in the results folder."""
+    if node.get("tracking_uri"):
+        return str(node.tracking_uri)
+    from_driver = OmegaConf.select(cfg, "tracking.mlflow_tracking_uri", default=None)
+    if from_driver or os.environ.get("MLFLOW_TRACKING_URI"):
+        return from_driver or os.environ["MLFLOW_TRACKING_URI"]
+    return _local_store(cfg)
+
+
+def _local_store(cfg: DictConfig) -> str:
+    return f"sqlite:///{os.path.abspath(os.path.join(cfg.paths.results_dir, MLFLOW_DB))}"
+
+
+def check_trackers(cfg: DictConfig) -> None:
+    """Stop with one line when a tracker's server does not answer (before Ray starts)."""
+    for key, node in (cfg.get("logger") or {}).items():
+        if not isinstance(node, DictConfig) or _kind(node) != "MLFlowLogger":
+            continue
+        uri = mlflow_tracking_uri(cfg, node)
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("http", "https"):
+            continue
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=5).close()
+        except OSError as error:
+            raise ConfigError(
+                f"logger.{key}: the MLflow server at {uri} cannot be reached ({error}); start "
+                "it, or set logger.mlflow.tracking_uri / MLFLOW_TRACKING_URI to one that runs"
+            ) from None
+
+
+def _filled_in(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
+    """The settings of a tracker that the config leaves to the run."""
+    kind = _kind(node)
+    sweep = OmegaConf.select(cfg, "tracking.sweep", default=None)  # from driver_context
+    if kind == "MLFlowLogger":
+        filled = {"tracking_uri": mlflow_tracking_uri(cfg, node)}
+        if filled["tracking_uri"].startswith("sqlite:///"):
+            # SQLite creates the database file, not its folder.
+            os.makedirs(os.path.dirname(filled["tracking_uri"][len("sqlite:///") :]), exist_ok=True)
+        if not node.get("experiment_name"):
+            filled["experiment_name"] = sweep.sweep if sweep else PROJECT
+        if not node.get("run_name"):
+            filled["run_name"] = run_label(cfg)
+        if not node.get("artifact_location") and filled["tracking_uri"] == _local_store(cfg):
+            folder = os.path.abspath(os.path.join(cfg.paths.results_dir, MLFLOW_ARTIFACTS))
+            filled["artifact_location"] = f"file://{folder}"
+        tags = node.get("tags")
+        filled["tags"] = OmegaConf.to_container(tags, resolve=True) if tags else {}
+        if sweep:
+            filled["tags"] = {
+                "sweep": sweep.sweep,
+                "trial": sweep.trial,
+                **sweep["values"],
+                **filled["tags"],
+            }
+        return filled
+    if kind == "WandbLogger":
+        filled = {}
+        if node.get("offline") is None:
+            filled["offline"] = not os.environ.get("WANDB_API_KEY")
+        if not node.get("name"):
+            filled["name"] = run_label(cfg)
+        if sweep and not node.get("group"):
+            filled["group"] = sweep.sweep
+        if sweep and not node.get("tags"):
+            # W&B tags are short labels: each trial value as key=value.
+            filled["tags"] = [f"{key}={value}"[:64] for key, value in sweep["values"].items()]
+        if node.get("save_dir"):
+            os.makedirs(node.save_dir, exist_ok=True)
+        return filled
+    return {}
+
+
+def _kind(node: DictConfig) -> str:
+    """The class name of a tracker's `_target_` (read, not imported: the driver checks trackers
+    without importing Lightning)."""
+    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def _quiet_trackers() -> None:
+    """MLflow's database set-up notices and W&B's start-up lines, each run: warnings only."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its level on import
+    os.environ.setdefault("WANDB_SILENT", "true")
+    for name in ("mlflow", "alembic", "wandb"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # "Experiment with name ... not found. Creating it.": the first run of a new experiment.
+    logging.getLogger("lightning.pytorch.loggers.mlflow").setLevel(logging.ERROR)
