@@ -11,7 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+from ray.util.state import list_actors
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from .conftest import failure, run_train, start_train, train_env
@@ -44,9 +46,34 @@ def wait_for_checkpoints(run_dir: Path, count: int, proc: subprocess.Popen) -> N
     raise AssertionError(f"no {count} checkpoints in {run_dir}; output:\n{proc.stdout.read()}")
 
 
-def pids(pattern: str) -> set[int]:
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return {int(pid) for pid in found.split()}
+def train_workers() -> set[int]:
+    """The pids of the live Ray Train workers of the tests' cluster, from Ray's state API (never
+    a machine-wide search: another Ray may run here)."""
+    actors = list_actors(
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], timeout=30
+    )
+    return {actor.pid for actor in actors}
+
+
+def own_cluster(proc: subprocess.Popen) -> set[int]:
+    """The pids of the Ray cluster processes that the run `proc` started (its children)."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set()
+    wanted = ("raylet", "gcs_server")
+    return {child.pid for child in children if any(name in child.name() for name in wanted)}
+
+
+def alive(pids: set[int]) -> set[int]:
+    living = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                living.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return living
 
 
 def val_loss_steps(run_dir: Path) -> list[int]:
@@ -59,7 +86,7 @@ def val_loss_steps(run_dir: Path) -> list[int]:
 def test_killed_worker_restarts_from_the_latest_checkpoint(
     ray_address: str, tmp_path: Path
 ) -> None:
-    workers_before = pids("ray::RayTrainWorker")
+    workers_before = train_workers()
     proc = start_train(
         "scaling=cpu",  # a worker group, which Ray Train restarts
         "trainer.max_epochs=5",
@@ -69,7 +96,7 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(
         ray_address=ray_address,
     )
     wait_for_checkpoints(tmp_path, 2, proc)
-    (worker,) = pids("ray::RayTrainWorker") - workers_before
+    (worker,) = train_workers() - workers_before
     os.kill(worker, signal.SIGKILL)
     output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, output[-4000:]
@@ -106,19 +133,19 @@ def test_interrupted_run_resumes_in_the_same_folder(ray_address: str, tmp_path: 
 
 
 def test_ctrl_c_leaves_no_ray_processes_behind(tmp_path: Path) -> None:
-    raylets_before = pids("raylet")
     proc = start_train(
         "trainer.max_epochs=50", *SLOW, f"hydra.run.dir={tmp_path}", ray_address=None
     )  # its own local cluster
     wait_for_checkpoints(tmp_path, 1, proc)
-    assert pids("raylet") - raylets_before, "the run did not start its own cluster"
+    started = own_cluster(proc)
+    assert started, "the run did not start its own cluster"
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert not (tmp_path / "result.json").exists(), "the run ended before Ctrl-C"
     deadline = time.monotonic() + 30
-    while pids("raylet") - raylets_before and time.monotonic() < deadline:
+    while alive(started) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not pids("raylet") - raylets_before
+    assert not alive(started)
 
 
 # A run's own cluster, with a file of a dead `ray start` cluster on the machine: Ray Train's

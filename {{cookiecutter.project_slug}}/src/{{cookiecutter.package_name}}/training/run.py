@@ -146,8 +146,8 @@ def build_trainer(
         build_source(cfg.data).check()
     if local:
         cluster.check_local(cfg.scaling)
-        if ray_data:  # Ray Data runs on Ray; the training loop runs here
-            cluster.connect(cfg.ray, with_dashboard=False)
+        # The loop runs here; Ray Data runs on Ray, and Ray Train starts Ray anyway if not.
+        cluster.connect(cfg.ray, with_dashboard=False)
     else:
         cluster.check_fits_here(cfg.scaling, cfg.ray)
         cluster.connect(cfg.ray)
