@@ -192,6 +192,43 @@ def test_a_sweeps_trials_are_tracker_runs_grouped_under_the_sweep(
         assert records[-1].WhichOneof("record_type") == "exit"
 
 
+@pytest.mark.slow
+def test_a_run_started_again_in_its_folder_continues_its_tracker_runs(
+    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    results = tmp_path / "results"
+    for epochs in (1, 2):  # the second run resumes the first from its checkpoint
+        proc = run_train(
+            "logger=[mlflow,wandb]",
+            f"trainer.max_epochs={epochs}",
+            f"paths.results_dir={results}",
+            "hydra.run.dir=results/runs/again",
+            ray_address=ray_address,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, failure(proc)
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("{{ cookiecutter.package_name }}")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert len(history) == 2  # epoch 1 from the first run, epoch 2 from the second
+    # MLflow keeps a param's first value: what the second run changed is a tag.
+    assert run.data.params["trainer.max_epochs"] == "1"
+    assert run.data.tags["changed.trainer.max_epochs"] == "2"
+    files = sorted((results / "runs" / "again" / "wandb").glob("offline-run-*/*.wandb"))
+    assert len(files) == 2
+    ids = {
+        record.run.run_id for f in files for record in wandb_records(f) if record.HasField("run")
+    }
+    assert len(ids) == 1  # one W&B run, written twice
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -18,6 +18,7 @@ from .. import logs
 from ..checkpoints import CHECKPOINT_FILE, PROJECT_KEY
 from ..data.preprocessing import TensorInputs
 from .local import CheckpointFolder
+from .loggers import log_settings
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class HyperparametersToTensorBoard(L.Callback):
                 for summary in self.summaries:
                     writer.add_summary(summary)
             else:
-                logger.log_hyperparams(self.hyperparameters)
+                log_settings(logger, self.hyperparameters)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not trainer.is_global_zero:

@@ -11,8 +11,13 @@ only the driver knows: MLFLOW_TRACKING_URI as train.py was given it (a worker of
 its own environment), and in a sweep, which sweep a trial belongs to and its values (Hydra knows
 them there). Each trial is then one tracker run, tagged with its values and grouped under its
 sweep (MLflow: an experiment named after the sweep's folder; W&B: a group of that name).
+
+A run started again in its folder (to resume it, or restarted after a failure) continues its
+tracker runs: the MLflow run tagged with that folder (found by the driver), and the W&B run whose
+id the folder names.
 """
 
+import hashlib
 import logging
 import os
 import socket
@@ -28,6 +33,7 @@ from ..config import ConfigError
 PROJECT = __name__.split(".", 1)[0]
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
+RUN_DIR_TAG = "run_dir"  # the MLflow tag that names a run's folder
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -38,6 +44,32 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
         for node in (cfg.get("logger") or {}).values()
         if isinstance(node, DictConfig) and "_target_" in node
     ]
+
+
+def log_settings(logger: Any, settings: dict[str, Any]) -> None:
+    """Give a tracker the run's flattened settings (rank 0, when the fit starts).
+
+    An MLflow run that is continued keeps its params, which MLflow never changes: only new ones
+    are logged, and a setting changed since (e.g. a raised trainer.max_epochs) is kept as the tag
+    `changed.<name>`."""
+    if _kind_of(logger) == "MLFlowLogger":
+        logged = logger.experiment.get_run(logger.run_id).data.params
+        if logged:
+            changed = {
+                f"changed.{name}": str(value)
+                for name, value in settings.items()
+                if name in logged and logged[name] != str(value)
+            }
+            for name, value in changed.items():
+                logger.experiment.set_tag(logger.run_id, name, value)
+            settings = {name: value for name, value in settings.items() if name not in logged}
+            if not settings:
+                return
+    logger.log_hyperparams(settings)
+
+
+def _kind_of(logger: Any) -> str:
+    return type(logger).__name__
 
 
 def tensorboard_logger(cfg: DictConfig) -> Any:
@@ -51,10 +83,37 @@ def tensorboard_logger(cfg: DictConfig) -> Any:
 
 def driver_context(cfg: DictConfig) -> dict[str, Any]:
     """What the workers' trackers need from the driver (`cfg.tracking` there)."""
-    return {
+    context = {
         "mlflow_tracking_uri": os.environ.get("MLFLOW_TRACKING_URI"),
         "sweep": sweep_of_run(cfg),
     }
+    context["mlflow_run_id"] = _previous_mlflow_run(cfg, context["sweep"])
+    return context
+
+
+def _previous_mlflow_run(cfg: DictConfig, sweep: dict[str, Any] | None) -> str | None:
+    """The MLflow run of this run's folder, if the folder was run before (resumed, restarted)."""
+    node = next((n for n in (cfg.get("logger") or {}).values() if _kind(n) == "MLFlowLogger"), None)
+    if node is None or node.get("run_id"):
+        return None
+    uri = mlflow_tracking_uri(cfg, node)
+    if uri == _local_store(cfg) and not os.path.exists(uri[len("sqlite:///") :]):
+        return None  # no local store yet: no run before this one
+    folder = os.path.abspath(cfg.paths.output_dir)
+    if "'" in folder:
+        return None  # not expressible in MLflow's filter
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415 (only with an MLflow tracker)
+
+    _quiet_trackers()
+    client = MlflowClient(uri)
+    name = node.get("experiment_name") or (sweep["sweep"] if sweep else PROJECT)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.{RUN_DIR_TAG} = '{folder}'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def sweep_of_run(cfg: DictConfig) -> dict[str, Any] | None:
@@ -151,6 +210,10 @@ def _filled_in(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
                 **sweep["values"],
                 **filled["tags"],
             }
+        filled["tags"][RUN_DIR_TAG] = os.path.abspath(cfg.paths.output_dir)
+        previous = OmegaConf.select(cfg, "tracking.mlflow_run_id", default=None)
+        if previous and not node.get("run_id"):
+            filled["run_id"] = previous  # the same folder again: carry on in its MLflow run
         return filled
     if kind == "WandbLogger":
         filled = {}
@@ -158,6 +221,10 @@ def _filled_in(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
             filled["offline"] = not os.environ.get("WANDB_API_KEY")
         if not node.get("name"):
             filled["name"] = run_label(cfg)
+        if not node.get("id"):
+            # One W&B run per run folder: started again there, it carries on (resume="allow").
+            folder = os.path.abspath(cfg.paths.output_dir)
+            filled["id"] = hashlib.sha256(f"{node.project}:{folder}".encode()).hexdigest()[:16]
         if sweep and not node.get("group"):
             filled["group"] = sweep.sweep
         if sweep and not node.get("tags"):
