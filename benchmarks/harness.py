@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parents[1]
-BENCH_LINE = re.compile(r"^BENCH (\S+) (\S+)(.*)$")
+# Puts baselines/callbacks.py's TorchThreads into a project run's Trainer (configs/callbacks).
+THREADS_OVERRIDE = "+callbacks.bench_threads._target_=benchmarks.baselines.callbacks.TorchThreads"
+# `BENCH <event> <wall time> <values>`; a Ray process's line comes with Ray's "(name pid=...) ".
+BENCH_LINE = re.compile(r"^(?:\([^)]*\)\s*)?BENCH (\S+) (\S+)(.*)$")
+COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the prefix
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Context:
     shared: dict = field(default_factory=dict)  # results one benchmark hands to another
     sweep_rows: tuple[int, ...] = ()  # more sweep workloads: synthetic epochs of this many rows
     sweep_trials: int = 8  # learning rates per sweep (4 with quick)
+    sweep_threads: int = 0  # torch threads of the sequential sweeps' jobs (0: torch's default)
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for project and baseline commands."""
@@ -35,6 +40,7 @@ class Context:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(TEMPLATE), str(self.project / "src"), env.get("PYTHONPATH", "")]
         )
+        env["BENCH_PACKAGE"] = self.package  # for the Hydra multirun baseline
         env.update(extra)
         return env
 
@@ -51,7 +57,21 @@ class Context:
         ]
 
     def train_py(self, *overrides: str) -> list[str]:
-        return [sys.executable, "train.py", *overrides]
+        """`python train.py` with `overrides`; its Trainers print their torch thread count."""
+        return [sys.executable, "train.py", *overrides, THREADS_OVERRIDE]  # after any -m
+
+    def plain_sweep(self, *overrides: str) -> list[str]:
+        """Hydra's basic multirun over the plain Lightning script, on the project's configs."""
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.baselines.plain_lightning_sweep",
+            "--config-dir",
+            str(self.project / "configs"),
+            "--config-name",
+            "train",
+            *overrides,
+        ]
 
 
 @dataclass
@@ -102,7 +122,7 @@ def run_timed(
                 for name, pattern in patterns.items():
                     if name not in marks and pattern.search(line):
                         marks[name] = now
-                found = BENCH_LINE.match(line.strip())
+                found = BENCH_LINE.match(COLOURS.sub("", line).strip())
                 if found:
                     bench.append((found[1], float(found[2]), found[3].split()))
                 if now > timeout:
@@ -119,6 +139,19 @@ def run_timed(
     return Timed(wall, process.returncode, marks, bench, started, tail)
 
 
+def torch_threads(timed: Timed) -> list[int]:
+    """The torch thread counts a run reported (`BENCH torch_threads`), one per Trainer fit."""
+    return [int(values[0]) for event, _, values in timed.bench if event == "torch_threads"]
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    """Median, min and max of `values` (None where there are none)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def median(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -128,6 +161,21 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
+
+
+def ray_head_running() -> str | None:
+    """The address of a head that `ray start --head` runs on this machine, if one answers: the
+    project's runs join it by default (training/cluster.py), so runs meant to start their own
+    Ray would not."""
+    import socket
+
+    try:
+        address = Path("/tmp/ray/ray_current_cluster").read_text().strip()
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return address
+    except (OSError, ValueError):
+        return None
 
 
 def machine() -> dict[str, str | int]:

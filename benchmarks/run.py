@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import overhead, serving, sweeps, template, training
-from .harness import Context, machine, versions
+from .harness import Context, machine, ray_head_running, versions
 from .report import markdown
 
 BENCHMARKS = {
@@ -35,7 +35,12 @@ def main() -> None:
     arguments.add_argument("--out", type=Path, default=Path("build/bench"))
     arguments.add_argument("--only", default=",".join(BENCHMARKS), help="comma list of benchmarks")
     arguments.add_argument("--repeats", type=int, default=3)
-    arguments.add_argument("--sweep-repeats", type=int, default=1, help="sweeps are long")
+    arguments.add_argument(
+        "--sweep-repeats",
+        type=int,
+        default=3,
+        help="runs of each sweep (ASHA's savings vary with trial order); medians, with the spread",
+    )
     arguments.add_argument(
         "--sweep-rows",
         default="",
@@ -43,6 +48,12 @@ def main() -> None:
     )
     arguments.add_argument(
         "--sweep-trials", type=int, default=8, help="learning rates per sweep (the issue: 8 to 16)"
+    )
+    arguments.add_argument(
+        "--sweep-threads",
+        type=int,
+        default=0,
+        help="torch threads of the sequential sweeps' jobs (0: torch's default, all cores)",
     )
     arguments.add_argument("--quick", action="store_true", help="fewer epochs, trials, seconds")
     arguments.add_argument("--full-tests", action="store_true", help="also the slow project tests")
@@ -74,8 +85,14 @@ def main() -> None:
         log=out / "bench.log",
         sweep_rows=sweep_rows,
         sweep_trials=args.sweep_trials,
+        sweep_threads=args.sweep_threads,
     )
     ctx.log.write_text("")
+    if head := ray_head_running():
+        print(
+            f"[bench] warning: a `ray start` head runs on this machine ({head}); the project's "
+            "runs join it, so the arms that should start their own Ray do not. Stop it first."
+        )
     results = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -86,6 +103,7 @@ def main() -> None:
             "quick": args.quick,
             "sweep_rows": list(sweep_rows),
             "sweep_trials": args.sweep_trials,
+            "sweep_threads": args.sweep_threads,
         },
         "benchmarks": {},
     }

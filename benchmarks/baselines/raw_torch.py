@@ -1,7 +1,9 @@
 """Baseline: the project's network trained by a hand-written PyTorch loop, no Lightning, no Ray.
 
-Each epoch trains on the shuffled train split and evaluates the validation split, like the
-Lightning runs; nothing is logged or checkpointed. Prints `BENCH` timing lines.
+Each epoch trains on the train split, shuffled and batched as the Lightning runs are
+(`common.MemoryBatches`), with the task's loss, and evaluates the validation split; nothing is
+logged or checkpointed. Torch threads: torch's default unless --threads. Prints `BENCH` timing
+lines and the thread count.
 """
 
 from .common import mark
@@ -10,8 +12,6 @@ mark("start")
 
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from .common import build_network, load_data, parser, setup  # noqa: E402
 
@@ -20,12 +20,11 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     cfg = setup(args)
     mark("imports_done")
+    mark("torch_threads", torch.get_num_threads())
     torch.manual_seed(cfg.seed)
     data = load_data(args.package, cfg)
-    batch_size = cfg.data.batch_size
-    train = DataLoader(data.train, batch_size=batch_size, shuffle=True)
-    val = DataLoader(data.val, batch_size=batch_size)
-    net = build_network(cfg, data)
+    train, val = data.batches(cfg.data.batch_size, cfg.seed)
+    net = build_network(args.package, cfg, data)
     optimizer = instantiate(cfg.optimizer)(params=net.parameters())
     mark("data_ready")
     step = 0
@@ -34,7 +33,7 @@ def main() -> None:
         net.train()
         for inputs, labels in train:
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(inputs), labels)
+            loss = data.task.loss(net(inputs), labels)
             loss.backward()
             optimizer.step()
             step += 1
@@ -43,7 +42,7 @@ def main() -> None:
         with torch.inference_mode():
             for inputs, labels in val:
                 correct += (net(inputs).argmax(dim=1) == labels).sum().item()
-        accuracy = correct / len(data.val)
+        accuracy = correct / len(data.val[1])
         mark("epoch_end", epoch, step)
     mark("fit_done", accuracy)
 
