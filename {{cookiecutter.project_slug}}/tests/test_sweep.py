@@ -224,8 +224,12 @@ def test_interrupted_sweep_resumes_and_keeps_finished_trials(
         "search=random",
         "search.num_samples=3",
         "search.max_concurrent_trials=1",
-        "trainer.max_epochs=2",
-        *SMALL,
+        "trainer.max_epochs=4",
+        # Trials of a few seconds: one-process trials of the small data took under a second
+        # each, and the whole sweep could end before the Ctrl-C below reached it.
+        "data=synthetic",
+        "data.source.num_samples=16384",
+        "checkpoint.every_n_epochs=2",
         "optimizer.lr=tag(log,interval(1e-3,1e-1))",
         f"hydra.sweep.dir={tmp_path}",
     ]
@@ -233,7 +237,7 @@ def test_interrupted_sweep_resumes_and_keeps_finished_trials(
     first_done = tmp_path / "0" / "result.json"
     deadline = time.monotonic() + 400
     while not first_done.exists() and time.monotonic() < deadline and sweep.poll() is None:
-        time.sleep(1)
+        time.sleep(0.1)
     assert first_done.exists(), "the first trial never finished"
     sweep.send_signal(signal.SIGINT)  # Ctrl-C
     output, _ = sweep.communicate(timeout=300)

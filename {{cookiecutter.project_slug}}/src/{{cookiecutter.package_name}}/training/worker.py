@@ -85,6 +85,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logs.quiet_ray_console()  # Ray Train's per-report notices, in a worker group
     threads = cfg.scaling.get("threads_per_worker")
+    if not threads and cfg.get("local_run_dir") is not None:
+        # In one process, as many torch threads as a worker would get: its reserved CPUs (Ray
+        # sets a worker's threads so). All of a small machine's cores, which Ray's own
+        # processes also use, made small models many times slower, not faster.
+        threads = max(1, int((cfg.scaling.get("resources_per_worker") or {}).get("CPU", 1)))
     if threads:
         torch.set_num_threads(int(threads))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
