@@ -49,13 +49,18 @@ def test_a_tracker_that_is_not_installed_or_answers_nowhere_stops_before_ray(tmp
         assert "Traceback" not in output and "Ray" not in output
 
 
+@pytest.fixture
+def offline_trackers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B offline and MLflow's local store, whatever the environment running the tests says."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.mark.slow
 def test_csv_and_offline_wandb_get_settings_and_epochs_with_bf16_and_a_profile(
-    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_address: str, tmp_path: Path, offline_trackers: None
 ) -> None:
     # No API key: W&B writes the run offline, into the run's folder. In one process (scaling=local).
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
     proc = run_train(
         "logger=[csv,wandb]",
         "debug=profile",
@@ -149,13 +154,10 @@ def test_mlflow_server_gets_settings_epochs_and_a_finished_run_from_a_worker_gro
 
 @pytest.mark.slow
 def test_a_sweeps_trials_are_tracker_runs_grouped_under_the_sweep(
-    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_address: str, tmp_path: Path, offline_trackers: None
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     results = tmp_path / "results"
     proc = run_train(
         "-m",
@@ -194,13 +196,10 @@ def test_a_sweeps_trials_are_tracker_runs_grouped_under_the_sweep(
 
 @pytest.mark.slow
 def test_a_run_started_again_in_its_folder_continues_its_tracker_runs(
-    ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_address: str, tmp_path: Path, offline_trackers: None
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     results = tmp_path / "results"
     for epochs in (1, 2):  # the second run resumes the first from its checkpoint
         proc = run_train(

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,11 @@ class CheckpointFolder:
         self.num_to_keep = num_to_keep
         self.metric = metric
         self.mode = mode
+
+    @classmethod
+    def with_policy(cls, run_dir: str | Path, checkpoint: Mapping[str, Any]) -> "CheckpointFolder":
+        """The folder `run_dir` kept by the run's `checkpoint` config."""
+        return cls(run_dir, checkpoint["num_to_keep"], checkpoint["metric"], checkpoint["mode"])
 
     def save(self, metrics: dict[str, Any], write: Callable[[str], None]) -> str:
         """Write a checkpoint of the epoch `metrics` describe with `write(file path)`, keep it
@@ -73,9 +78,12 @@ class CheckpointFolder:
         kept = self.checkpoints()
         return os.path.join(kept[-1][0], CHECKPOINT_FILE) if kept else None
 
-    def best(self) -> tuple[str, dict[str, Any]] | None:
-        """The best checkpoint by the policy's metric; the latest if the model does not log it."""
-        kept = self.checkpoints()
+    def best(
+        self, kept: list[tuple[str, dict[str, Any]]] | None = None
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The best of `kept` (default: this folder's checkpoints) by the policy's metric; the
+        latest if the model does not log it."""
+        kept = self.checkpoints() if kept is None else kept
         ranked = [entry for entry in kept if _value(entry[1], self.metric) is not None]
         if not ranked:
             return kept[-1] if kept else None

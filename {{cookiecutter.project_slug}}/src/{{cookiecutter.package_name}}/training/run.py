@@ -209,10 +209,9 @@ def unprepared_data_info(task_cfg: DictConfig) -> dict[str, Any]:
 
 def summarize_local(metrics: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
     """summarize() for a run in one process, from the checkpoints it kept (local.py)."""
-    folder = CheckpointFolder(
-        local_run_dir(cfg), cfg.checkpoint.num_to_keep, cfg.checkpoint.metric, cfg.checkpoint.mode
-    )
-    best, kept = folder.best(), folder.checkpoints()
+    folder = CheckpointFolder.with_policy(local_run_dir(cfg), cfg.checkpoint)
+    kept = folder.checkpoints()
+    best = folder.best(kept)
     return {
         "metrics": _plain(metrics),
         "best_checkpoint": best[0] if best else None,

@@ -147,9 +147,7 @@ def _local_reports(cfg: DictConfig) -> LocalReports:
     to Tune as well (tuning/reporting.py)."""
     from ..tuning import reporting  # noqa: PLC0415 (tuning imports training)
 
-    folder = CheckpointFolder(
-        cfg.local_run_dir, cfg.checkpoint.num_to_keep, cfg.checkpoint.metric, cfg.checkpoint.mode
-    )
+    folder = CheckpointFolder.with_policy(cfg.local_run_dir, cfg.checkpoint)
     trial = reporting.active()
     return LocalReports(folder, forward=trial.forward if trial is not None else None)
 
