@@ -110,11 +110,11 @@ def test_transform_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
 def test_text_labels_are_counted_as_bad_whatever_their_pandas_type() -> None:
     import pyarrow as pa
 
-    from {{ cookiecutter.package_name }}.tasks.classification import _label_summary
+    from {{ cookiecutter.package_name }}.tasks.labels import label_summary
 
     for dtype in (object, "string", pd.ArrowDtype(pa.string())):
         labels = pd.DataFrame({"label": pd.Series(["a", "b", "1", None], dtype=dtype)})
-        summary = _label_summary(labels, "label").iloc[0]
+        summary = label_summary(labels, "label").iloc[0]
         assert (summary["bad"], summary["max"]) == (3, 1)
 
 

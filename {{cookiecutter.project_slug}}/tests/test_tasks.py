@@ -27,6 +27,7 @@ from ray import serve
 from {{ cookiecutter.package_name }}.checkpoints import load
 
 from .conftest import failure, run_train
+from .test_api_contract import Served
 from .test_serving import ServeCommand
 
 pytestmark = pytest.mark.slow
@@ -248,6 +249,13 @@ def test_own_lightning_module_hands_its_checkpoint_over_in_pbt_and_is_batch_pred
         ray_address, run_dir, tmp_path / "scores", "data=synthetic", "data.source.num_samples=2048"
     )
     assert len(scored) == 2048 and (scored["prediction"] == scored["label"]).mean() > 0.8
+
+    # Served by the app Ray Serve deploys (in-process here; test_api_contract runs it on Serve),
+    # rebuilt from the checkpoint's plain values: no code unpickled.
+    served = Served(run_dir)
+    answer = served.predict(served.example)
+    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+    assert served.send("GET", "/metadata").json()["task"]["classes"] == list(range(10))
 
 
 def test_own_module_with_a_datamodule_shards_over_two_workers_and_resumes(

@@ -7,31 +7,35 @@ preprocessing.py the fitted transform, stored in checkpoints (`load_transform` f
 pipeline.py      the driver's side: read, check, split, fit, materialize
 loader.py        the worker's side: its shard of each split, as Lightning batches
 prediction.py    offline batch prediction with a trained checkpoint
+
+The names below are imported when first used: Ray Data's workers run functions of split.py and
+preprocessing.py, and importing this file must not bring pipeline.py's Ray Train, torch and
+torchmetrics into each of them.
 """
 
-from .pipeline import PreparedData, build_source, prepare, prepare_reusing, reuse_prepared
-from .preprocessing import Transform, load_transform
-from .sources import (
-    CsvSource,
-    DataError,
-    DiabetesSource,
-    DigitsSource,
-    ParquetSource,
-    SyntheticSource,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "CsvSource",
-    "DataError",
-    "DiabetesSource",
-    "DigitsSource",
-    "ParquetSource",
-    "PreparedData",
-    "SyntheticSource",
-    "Transform",
-    "build_source",
-    "load_transform",
-    "prepare",
-    "prepare_reusing",
-    "reuse_prepared",
-]
+_EXPORTS = {
+    "PreparedData": "pipeline",
+    "build_source": "pipeline",
+    "prepare": "pipeline",
+    "prepare_reusing": "pipeline",
+    "reuse_prepared": "pipeline",
+    "Transform": "preprocessing",
+    "load_transform": "preprocessing",
+    "CsvSource": "sources",
+    "DataError": "sources",
+    "DiabetesSource": "sources",
+    "DigitsSource": "sources",
+    "ParquetSource": "sources",
+    "SyntheticSource": "sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -4,7 +4,6 @@ from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import ray.data
 import torch
 from torch.nn import functional as F
@@ -13,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.sources import DataError
 from .base import Task
+from .labels import label_summary
 
 
 class Classification(Task):
@@ -60,7 +60,7 @@ class Classification(Task):
 def check_class_labels(table: ray.data.Dataset, label_column: str, num_classes: int | None) -> int:
     """The number of classes, after checking that labels are class indices 0 .. num_classes-1."""
     summaries = table.map_batches(
-        partial(_label_summary, label_column=label_column), batch_format="pandas"
+        partial(label_summary, label_column=label_column), batch_format="pandas"
     ).take_all()
     bad = sum(int(row["bad"]) for row in summaries)
     if bad:
@@ -81,19 +81,3 @@ def check_class_labels(table: ray.data.Dataset, label_column: str, num_classes: 
             f"classes is {num_classes} (labels must be below it)"
         )
     return num_classes
-
-
-def _label_summary(batch: pd.DataFrame, label_column: str) -> pd.DataFrame:
-    labels = batch[label_column]
-    # Through object first: Arrow-backed text (how Ray hands over parquet strings) would
-    # otherwise come back from to_numeric as missing-but-not-NaN and pass as a label.
-    numeric = pd.to_numeric(labels.astype(object), errors="coerce").astype(np.float64)
-    bad = numeric.isna() | (numeric < 0) | (numeric != np.floor(numeric))
-    good = numeric[~bad]
-    return pd.DataFrame(
-        {
-            "bad": [int(bad.sum())],
-            "max": [int(good.max()) if len(good) else -1],
-            "example": [repr(labels[bad].iloc[0]) if bad.any() else ""],
-        }
-    )

@@ -4,7 +4,6 @@ from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import ray.data
 import torch
 from torch.nn import functional as F
@@ -12,6 +11,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, 
 
 from ..data.sources import DataError
 from .base import Task
+from .labels import target_moments
 
 
 class Regression(Task):
@@ -67,7 +67,7 @@ class Regression(Task):
         """Each block's count, sum and squared deviations of the label, after checking that
         every label is a finite number."""
         parts = table.map_batches(
-            partial(_target_moments, column=label_column), batch_format="pandas"
+            partial(target_moments, column=label_column), batch_format="pandas"
         ).take_all()
         bad = sum(int(part["bad"]) for part in parts)
         if bad:
@@ -114,20 +114,3 @@ class Regression(Task):
             "target_std": self.target_std,
             "target_name": self.target_name,
         }
-
-
-def _target_moments(batch: pd.DataFrame, column: str) -> pd.DataFrame:
-    labels = batch[column]
-    values = pd.to_numeric(labels.astype(object), errors="coerce").astype(np.float64)
-    bad = ~np.isfinite(values)
-    good = values[~bad].to_numpy()
-    mean = good.mean() if len(good) else 0.0
-    return pd.DataFrame(
-        {
-            "bad": [int(bad.sum())],
-            "example": [repr(labels[bad].iloc[0]) if bad.any() else ""],
-            "count": [len(good)],
-            "sum": [float(good.sum())],
-            "m2": [float(((good - mean) ** 2).sum())],
-        }
-    )
