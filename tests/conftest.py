@@ -10,6 +10,9 @@ import pytest
 from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
+# The generated suite's slowest tests, shown at the end of this session's report: CI's time
+# goes mostly there (test_generated_project.py adds them).
+INNER_DURATIONS = pytest.StashKey[list[str]]()
 DEFAULTS = json.loads((TEMPLATE / "cookiecutter.json").read_text())
 
 
@@ -45,3 +48,15 @@ def python(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedP
 @pytest.fixture(scope="session")
 def default_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bake(tmp_path_factory.mktemp("default"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[INNER_DURATIONS] = []
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    lines = config.stash.get(INNER_DURATIONS, [])
+    if lines:
+        terminalreporter.write_sep("=", "slowest tests of the generated suite")
+        for line in lines:
+            terminalreporter.write_line(line)

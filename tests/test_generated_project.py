@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run
+from .conftest import INNER_DURATIONS, run
 
 # The only skips a generated suite may report, by the reason it gives: each depends on the
 # machine, not on the template. Reason -> (why it is allowed, whether it is allowed here).
@@ -53,13 +53,22 @@ def skipped(junit_file: Path) -> list[tuple[str, str]]:
     return found
 
 
+def slowest(junit_file: Path, count: int = 15) -> list[str]:
+    """The `count` slowest test cases in a junit report, as `seconds  test` lines."""
+    cases = [
+        (float(case.get("time", 0)), f"{case.get('classname')}::{case.get('name')}")
+        for case in ET.parse(junit_file).iter("testcase")
+    ]
+    return [f"{seconds:7.1f}s  {name}" for seconds, name in sorted(cases, reverse=True)[:count]]
+
+
 def unexpected_skips(skips: list[tuple[str, str]]) -> list[str]:
     """The skips a fresh clone on this machine should not have."""
     allowed = {reason for reason, (_, here) in ALLOWED_SKIPS.items() if here}
     return [f"{test}: {reason}" for test, reason in skips if reason not in allowed]
 
 
-def run_suite(project: Path, marker: str, junit: Path, **env: str) -> None:
+def run_suite(project: Path, marker: str, junit: Path, config: pytest.Config, **env: str) -> None:
     """Run the generated suite's `marker` half in `project`; fail on a failure or on a skip
     that ALLOWED_SKIPS does not list, and report the allowed ones."""
     pytest_cmd = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10", "-m", marker]
@@ -67,6 +76,8 @@ def run_suite(project: Path, marker: str, junit: Path, **env: str) -> None:
         [sys.executable, *pytest_cmd, f"--junitxml={junit}"], cwd=project, timeout=3000, **env
     )
     print(tests.stdout[-3000:])
+    if junit.is_file():
+        config.stash[INNER_DURATIONS] += [f"({marker})", *slowest(junit)]
     assert tests.returncode == 0, failures(junit) + "\n" + tests.stdout[-2000:]
     assert " passed" in tests.stdout.splitlines()[-1]
     skips = skipped(junit)
@@ -78,19 +89,23 @@ def run_suite(project: Path, marker: str, junit: Path, **env: str) -> None:
         )
 
 
-def test_generated_project_quick_tests_pass(default_project: Path, tmp_path: Path) -> None:
+def test_generated_project_quick_tests_pass(
+    default_project: Path, tmp_path: Path, pytestconfig: pytest.Config
+) -> None:
     # From the source tree, as the template's other tests run a bake: the install is checked
     # by the slow half below.
     src = str(default_project / "src")
-    run_suite(default_project, "not slow", tmp_path / "quick.xml", PYTHONPATH=src)
+    run_suite(default_project, "not slow", tmp_path / "quick.xml", pytestconfig, PYTHONPATH=src)
 
 
 @pytest.mark.slow
-def test_generated_project_test_suite_passes(default_project: Path, tmp_path: Path) -> None:
+def test_generated_project_test_suite_passes(
+    default_project: Path, tmp_path: Path, pytestconfig: pytest.Config
+) -> None:
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "-e", ".[dev]"]
     installed = run(pip, cwd=default_project)
     assert installed.returncode == 0, installed.stderr
-    run_suite(default_project, "slow", tmp_path / "slow.xml")
+    run_suite(default_project, "slow", tmp_path / "slow.xml", pytestconfig)
 
 
 def test_skips_are_read_from_the_report_and_judged_by_their_reason(tmp_path: Path) -> None:
@@ -111,3 +126,4 @@ def test_skips_are_read_from_the_report_and_judged_by_their_reason(tmp_path: Pat
         ("tests.test_b::test_gpu", "no GPU here"),
     ]
     assert unexpected_skips(skips) == ["tests.test_b::test_gpu: no GPU here"]
+    assert slowest(report, 1) == ["    0.1s  tests.test_a::test_ran"]
