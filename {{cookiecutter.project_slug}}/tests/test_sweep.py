@@ -124,6 +124,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
         "scaling=cpu",  # a worker group per trial: Ray Train's, aborted when Tune stops it
         "scaling.resources_per_worker.CPU=2",
         "optimizer.lr=0.03,1e-7,0.01",
+        f"paths.storage_path={tmp_path / 'bucket'}",  # one for the sweep, as a bucket would be
         f"hydra.sweep.dir={tmp_path}",
         ray_address=ray_address,
     )
@@ -139,8 +140,15 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     events = EventAccumulator(str(tmp_path / "1" / "tensorboard")).Reload()
     assert len(events.Scalars("val_loss")) >= 1  # its epoch reached TensorBoard
     # The trial that ran to the end wrote its summary, as a single run does.
-    assert json.loads((tmp_path / "0" / "result.json").read_text())["metrics"]["epoch"] == 99
+    summary = json.loads((tmp_path / "0" / "result.json").read_text())
+    assert summary["metrics"]["epoch"] == 99
     assert len({reports(tmp_path, row["trial"])[0]["pid"] for row in rows}) == 1
+    # Each trial's worker group kept its Ray Train run in its own folder of the shared storage
+    # path: none started from the first trial's run of the same name.
+    assert summary["storage_path"] == str(tmp_path / "bucket" / "0" / "ray_train")
+    assert sorted(path.name for path in (tmp_path / "bucket").iterdir()) == ["0", "1", "2"]
+    assert all((tmp_path / "bucket" / n / "ray_train").is_dir() for n in ("0", "1", "2"))
+    assert len(reports(tmp_path, "2")) >= 1  # the third trial trained
 
 
 def test_pbt_hands_the_good_trials_checkpoint_to_the_hopeless_one(
