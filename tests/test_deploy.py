@@ -1,7 +1,8 @@
 """The path to production in a generated project: KubeRay manifests, `ray up`, Docker, Make, CI.
 
 Nothing here needs Kubernetes, Docker or a cloud account: manifests are checked against the
-KubeRay CRD schemas, the launcher config against Ray's own schema, and the Dockerfile, Makefile
+schema in tests/data/kuberay_manifests.json (and the KubeRay CRDs themselves, where they are
+beside this repository), the launcher config against Ray's own schema, and the Dockerfile, Makefile
 and workflows by what they name and what `make -n` prints.
 """
 
@@ -27,7 +28,8 @@ from packaging.version import Version
 
 from .conftest import bake, python, run
 
-# CI clones this repository with shared/ beside it. The CRDs are only read, never copied in.
+# The KubeRay CRDs, where a checkout has shared/ beside it: only read, never copied in. Without
+# them every manifest is still checked, against tests/data/kuberay_manifests.json.
 CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
 CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
@@ -55,10 +57,8 @@ MAKE_TARGETS = [
     "docker-push",
 ]
 PACKAGE = "deploy_check"
-# Where KubeRay's token authentication sits in each kind, and its schema (from the CRDs).
-KUBERAY_AUTH = json.loads(
-    (Path(__file__).parent / "data" / "kuberay_auth_options.json").read_text()
-)
+# What the manifests may hold, written from the CRDs: checked always, the CRDs only where present.
+KUBERAY = json.loads((Path(__file__).parent / "data" / "kuberay_manifests.json").read_text())
 
 
 @pytest.fixture(scope="module", params=["cpu", "gpu"])
@@ -96,32 +96,110 @@ def strict(schema):
     return out
 
 
-@pytest.fixture(scope="module")
-def crd_validators() -> dict:
+def crd_schemas() -> dict:
+    """kind -> (apiVersion, the CRD's openAPIV3Schema); empty where the CRDs are not at hand."""
     if not CRD_DIR.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR} (clone shared/ beside this repository)")
-    validators = {}
+        return {}
+    schemas = {}
     for kind, filename in CRD_FILES.items():
         # 60,000 lines of YAML: the C loader, where PyYAML has it, reads them twice as fast.
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         crd = yaml.load((CRD_DIR / filename).read_text(), Loader=loader)
         assert crd["spec"]["names"]["kind"] == kind
         version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
-        api_version = f"{crd['spec']['group']}/{version['name']}"
-        schema = strict(version["schema"]["openAPIV3Schema"])
-        validators[kind] = (api_version, jsonschema.Draft4Validator(schema))
-    return validators
+        schemas[kind] = (f"{crd['spec']['group']}/{version['name']}", version["schema"])
+    return {kind: (api, schema["openAPIV3Schema"]) for kind, (api, schema) in schemas.items()}
 
 
-def check_manifest(manifest: dict, crd_validators: dict) -> list[str]:
-    api_version, validator = crd_validators[manifest["kind"]]
+@pytest.fixture(scope="module")
+def crds() -> dict:
+    return crd_schemas()
+
+
+def own_schema(kind: str) -> dict:
+    """The schema of `kind` in kuberay_manifests.json, with the definitions it refers to."""
+    return {**KUBERAY["kinds"][kind], "definitions": KUBERAY["definitions"]}
+
+
+def errors_of(manifest: dict, schema: dict, api_version: str) -> list[str]:
+    validator = jsonschema.Draft7Validator(schema)
     errors = [
         f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
         for e in validator.iter_errors(manifest)
     ]
-    if manifest["apiVersion"] != api_version:
-        errors.append(f"apiVersion {manifest['apiVersion']} is not {api_version}")
+    if manifest.get("apiVersion") != api_version:
+        errors.append(f"apiVersion {manifest.get('apiVersion')} is not {api_version}")
     return errors
+
+
+def check_manifest(manifest: dict, crds: dict) -> list[str]:
+    """What is wrong with `manifest` by the project's schema and, where at hand, by the CRD."""
+    kind = manifest.get("kind")
+    if kind not in KUBERAY["kinds"]:
+        return [f"kind {kind!r} is none of {sorted(KUBERAY['kinds'])}"]
+    errors = errors_of(manifest, own_schema(kind), KUBERAY["apiVersion"])
+    if kind in crds:
+        api_version, crd = crds[kind]
+        errors += [f"CRD: {e}" for e in errors_of(manifest, strict(crd), api_version)]
+    return errors
+
+
+def allowed_fields(schema: dict, path: tuple = ()):
+    """Every field `schema` (of kuberay_manifests.json) allows, as (path, its schema); a path
+    names properties, `[]` an array's items and `*` a map's values."""
+    if "$ref" in schema:
+        schema = KUBERAY["definitions"][schema["$ref"].rsplit("/", 1)[1]]
+    yield path, schema
+    for name, field in schema.get("properties", {}).items():
+        yield from allowed_fields(field, (*path, name))
+    if isinstance(schema.get("items"), dict):
+        yield from allowed_fields(schema["items"], (*path, "[]"))
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from allowed_fields(schema["additionalProperties"], (*path, "*"))
+
+
+def crd_field(crd: dict, path: tuple) -> dict | None:
+    node = crd
+    for step in path:
+        if step == "[]":
+            node = node.get("items")
+        elif step == "*":
+            node = node.get("additionalProperties")
+        else:
+            node = node.get("properties", {}).get(step)
+        if not isinstance(node, dict):
+            return None
+    return node
+
+
+def json_types(schema: dict) -> set[str]:
+    if "type" in schema:
+        return {schema["type"]}
+    return {option["type"] for option in schema.get("anyOf", [])}
+
+
+def drift(kind: str, crd: dict) -> list[str]:
+    """Where kuberay_manifests.json allows what the CRD of `kind` does not: a field it lacks, a
+    different type, a value outside its enum, or a key it requires that is not required here.
+    Below `metadata` the CRDs say nothing (Kubernetes' ObjectMeta): not compared."""
+    problems = []
+    for path, field in allowed_fields(KUBERAY["kinds"][kind]):
+        if "metadata" in path[:-1]:
+            continue
+        where = ".".join(path) or "(manifest)"
+        theirs = crd_field(crd, path)
+        if theirs is None:
+            problems.append(f"{where}: not in the CRD")
+            continue
+        if json_types(field) != json_types(theirs):
+            problems.append(f"{where}: {json_types(field)} here, {json_types(theirs)} in the CRD")
+        if "enum" in theirs and not set(field.get("enum", [None])) <= set(theirs["enum"]):
+            problems.append(f"{where}: enum {field.get('enum')} not within {theirs['enum']}")
+        if "properties" in field and not set(theirs.get("required", [])) <= set(
+            field.get("required", [])
+        ):
+            problems.append(f"{where}: the CRD requires {theirs['required']}")
+    return problems
 
 
 def cluster_spec(manifest: dict) -> dict:
@@ -144,25 +222,91 @@ def quantity(value) -> float:
 
 
 @pytest.mark.parametrize("kind", MANIFESTS)
-def test_manifest_validates_against_kuberay_crd(kind: str, project, crd_validators) -> None:
+def test_manifest_validates_against_kuberay_schema(kind: str, project, crds) -> None:
+    """Always against kuberay_manifests.json; where the CRDs are beside this repository, also
+    against them, and the hand-written schema must allow nothing they do not."""
     _, path = project
     manifest = load(path, MANIFESTS[kind])
     assert manifest["kind"] == kind
-    assert check_manifest(manifest, crd_validators) == []
+    assert check_manifest(manifest, crds) == []
+    if kind in crds:
+        api_version, crd = crds[kind]
+        assert api_version == KUBERAY["apiVersion"]
+        assert drift(kind, crd) == []
 
 
-@pytest.mark.parametrize("mistake", ["misspelt key", "wrong type", "missing field"])
-def test_crd_check_catches_mistakes(mistake: str, project, crd_validators) -> None:
+MISTAKES = {
+    "misspelt key": lambda m: m["spec"]["workerGroupSpecs"][0].update(
+        maxReplica=m["spec"]["workerGroupSpecs"][0].pop("maxReplicas")
+    ),
+    "misspelt top-level key": lambda m: m["spec"].update(rayVerison=m["spec"].pop("rayVersion")),
+    "string for an integer": lambda m: m["spec"]["workerGroupSpecs"][0].update(minReplicas="1"),
+    "integer for a string": lambda m: m["spec"]["headGroupSpec"]["rayStartParams"].update(
+        {"num-cpus": 0}
+    ),
+    "missing field": lambda m: m["spec"]["workerGroupSpecs"][0].pop("groupName"),
+    "value outside an enum": lambda m: m["spec"]["authOptions"].update(mode="Token"),
+    "wrong apiVersion": lambda m: m.update(apiVersion="ray.io/v1alpha1"),
+    "quantity that is none": lambda m: m["spec"]["headGroupSpec"]["template"]["spec"]["containers"][
+        0
+    ]["resources"]["limits"].update(cpu="two"),
+}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_schema_check_catches_mistakes(mistake: str, project, crds) -> None:
     _, path = project
     manifest = load(path, MANIFESTS["RayCluster"])
-    group = manifest["spec"]["workerGroupSpecs"][0]
-    if mistake == "misspelt key":
-        group["maxReplica"] = group.pop("maxReplicas")
-    elif mistake == "wrong type":
-        group["minReplicas"] = "none"
-    else:
-        del group["groupName"]
-    assert check_manifest(manifest, crd_validators) != []
+    assert check_manifest(manifest, {}) == []
+    MISTAKES[mistake](manifest)
+    assert check_manifest(manifest, {}) != []  # without the CRDs, as on a fresh clone
+    if crds and mistake != "value outside an enum":  # the CRD leaves authOptions.mode open
+        assert [e for e in check_manifest(manifest, crds) if e.startswith("CRD: ")] != []
+
+
+def test_drift_check_finds_what_the_crd_lacks(crds) -> None:
+    """The drift check itself: a field, type or enum value the CRD lacks is reported."""
+    if not crds:
+        crds = {"RayCluster": (KUBERAY["apiVersion"], crd_from_own_schema("RayCluster"))}
+    _, crd = crds["RayCluster"]
+    assert drift("RayCluster", crd) == []
+    container = KUBERAY["definitions"]["container"]["properties"]
+    worker = KUBERAY["definitions"]["clusterSpec"]["properties"]["workerGroupSpecs"]["items"]
+    cases = [
+        (container, "imagePullPolicyy", {"type": "string"}, "not in the CRD"),
+        (worker["properties"], "replicas", {"type": "string"}, "in the CRD"),
+        (container, "name", {"type": "string", "enum": ["x"]}, None),
+    ]
+    for properties, name, field, expected in cases:
+        saved = properties.get(name)
+        properties[name] = field
+        try:
+            problems = drift("RayCluster", crd)
+        finally:
+            if saved is None:
+                del properties[name]
+            else:
+                properties[name] = saved
+        if expected:
+            assert any(expected in problem for problem in problems), (name, problems)
+        else:
+            assert problems == [], problems  # the CRD's name has no enum: narrowing is fine
+
+
+def crd_from_own_schema(kind: str) -> dict:
+    """Without the CRD files: a stand-in CRD that is the hand-written schema itself, so that
+    the drift check is exercised on a fresh clone too."""
+
+    def inline(schema):
+        if isinstance(schema, list):
+            return [inline(item) for item in schema]
+        if not isinstance(schema, dict):
+            return schema
+        if "$ref" in schema:
+            return inline(KUBERAY["definitions"][schema["$ref"].rsplit("/", 1)[1]])
+        return {key: inline(value) for key, value in schema.items()}
+
+    return inline(KUBERAY["kinds"][kind])
 
 
 def test_manifests_share_image_and_ray_version(project) -> None:
@@ -183,9 +327,9 @@ def test_cluster_requires_the_token_in_a_secret(kind: str, project) -> None:
     _, path = project
     manifest = load(path, MANIFESTS[kind])
     auth = manifest
-    for key in KUBERAY_AUTH["path"][kind]:
+    for key in KUBERAY["authPath"][kind]:
         auth = auth.get(key) or {}
-    jsonschema.validate(auth, KUBERAY_AUTH["schema"])
+    jsonschema.validate(auth, KUBERAY["definitions"]["authOptions"])
     assert auth.get("mode") == "token", f"{kind}: no token authentication"
     assert auth.get("secretName") == "deploy-check-ray-token"
     spec = cluster_spec(manifest)

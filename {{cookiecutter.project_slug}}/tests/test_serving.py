@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -737,6 +738,135 @@ def test_serve_only_serves_an_existing_run_without_training_until_sigterm(
     assert metadata["checkpoint"].startswith(str(served.run_dir.resolve()))
     assert not (tmp_path / "run" / "ray_train").exists()  # nothing was trained
     assert (tmp_path / "run" / "serve_config.yaml").is_file()
+
+
+class ClosedLoopLoad:
+    """`connections` clients on this machine, each sending its next request as soon as the
+    previous answer arrives, in a thread, until stopped; never more than `max_seconds` or
+    `max_requests`. Records each request's latency and whether it failed."""
+
+    def __init__(
+        self, url: str, rows: list, connections: int, max_seconds: float, max_requests: int
+    ) -> None:
+        self.url, self.rows, self.connections = url, rows, connections
+        self.max_seconds, self.max_requests = max_seconds, max_requests
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> "ClosedLoopLoad":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.max_seconds + 60)
+
+    async def _client(self, client: httpx.AsyncClient, offset: int, deadline: float) -> None:
+        index = offset
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if len(self.latencies) + len(self.failures) >= self.max_requests:
+                return
+            body = {"inputs": [self.rows[index % len(self.rows)]]}
+            index += 1
+            started = time.monotonic()
+            try:
+                response = await client.post("/predict", json=body)
+            except httpx.HTTPError as error:
+                self.failures.append(f"{type(error).__name__}: {error}")
+                continue
+            if response.status_code == 200:
+                self.latencies.append(time.monotonic() - started)
+            else:
+                self.failures.append(f"{response.status_code}: {response.text[:200]}")
+
+    async def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        limits = httpx.Limits(max_connections=self.connections)
+        async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits) as client:
+            await asyncio.gather(
+                *(self._client(client, i * 7, deadline) for i in range(self.connections))
+            )
+
+    def summary(self, start: int = 0, stop: int | None = None) -> str:
+        """How many requests were answered (the `start`th to the `stop`th), and their median
+        and 99th-percentile latencies."""
+        latencies = sorted(self.latencies[start:stop]) or [math.nan]
+        p50, p99 = (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] for q in (0.5, 0.99)
+        )
+        return f"{len(latencies)} requests, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+
+
+def running_replicas(app_name: str) -> int:
+    """How many replicas of the app's model are running, by Serve's status API."""
+    application = serve.status().applications.get(app_name)
+    if application is None:
+        return 0
+    return application.deployments["ModelServer"].replica_states.get("RUNNING", 0)
+
+
+def wait_for_replicas(app_name: str, done, timeout: float) -> tuple[int, float]:
+    """Poll the replica count until `done(count)`; returns it and the seconds it took."""
+    started = time.monotonic()
+    while True:
+        count = running_replicas(app_name)
+        if done(count) or time.monotonic() - started > timeout:
+            return count, time.monotonic() - started
+        time.sleep(0.25)
+
+
+# serve=autoscaling made to react within seconds: Serve's own delays (30 s up, 600 s down) are
+# for production. `metrics_interval_s` (how often load is reported; deprecated in Ray 2.60, but
+# still what sets it) defaults to 10 s. Two replicas of one CPU fill the tests' 2-CPU cluster.
+QUICK_AUTOSCALING = [
+    "serve.autoscaling.max_replicas=2",
+    "serve.autoscaling.upscale_delay_s=1",
+    "serve.autoscaling.downscale_delay_s=2",
+    "serve.autoscaling.look_back_period_s=2",
+    "+serve.autoscaling.metrics_interval_s=0.5",
+]
+
+
+@pytest.mark.slow
+def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(
+    served: ServeCommand, ray_address: str, tmp_path: Path
+) -> None:
+    served.stop()  # one Serve instance per cluster
+    command = ServeCommand(
+        "serve=autoscaling",
+        "serve.only=true",
+        f"ckpt_path={served.run_dir}",
+        *QUICK_AUTOSCALING,
+        run_dir=tmp_path / "run",
+        ray_address=ray_address,
+    )
+    rows = digit_rows(64).tolist()
+    app = "classifier"
+    try:
+        command.wait_until_healthy()
+        assert running_replicas(app) == 1
+        # 24 clients at once: three times target_ongoing_requests (8) for one replica.
+        with ClosedLoopLoad(command.url, rows, 24, max_seconds=120, max_requests=50_000) as load:
+            up, up_s = wait_for_replicas(app, lambda count: count >= 2, timeout=90)
+            scaled_at = len(load.latencies)
+            time.sleep(5)  # under load with both
+        # One client, so that the replica's removal is tried with requests under way.
+        with ClosedLoopLoad(command.url, rows, 1, max_seconds=120, max_requests=50_000) as quiet:
+            down, down_s = wait_for_replicas(app, lambda count: count <= 1, timeout=90)
+        print(  # for the README's figures: pytest -s
+            f"autoscaling: 1 -> {up} replicas {up_s:.1f} s into the load (one replica: "
+            f"{load.summary(0, scaled_at)}; then "
+            f"{up}: {load.summary(scaled_at)}); {up} -> {down} {down_s:.1f} s after it (a "
+            f"single client meanwhile: {quiet.summary()})"
+        )
+    finally:
+        assert command.stop() == 0, command.log[-5000:]
+    assert up >= 2, f"still {up} replica(s) after 90 s of load"
+    assert down == 1, f"still {down} replicas 90 s after the load"
+    assert load.failures == [] and quiet.failures == [], (load.failures[:5], quiet.failures[:5])
+    assert len(load.latencies) > 0 and len(quiet.latencies) > 0
 
 
 @pytest.mark.slow

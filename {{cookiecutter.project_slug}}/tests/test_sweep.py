@@ -124,6 +124,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
         "scaling=cpu",  # a worker group per trial: Ray Train's, aborted when Tune stops it
         "scaling.resources_per_worker.CPU=2",
         "optimizer.lr=0.03,1e-7,0.01",
+        f"paths.storage_path={tmp_path / 'bucket'}",  # one for the sweep, as a bucket would be
         f"hydra.sweep.dir={tmp_path}",
         ray_address=ray_address,
     )
@@ -139,8 +140,15 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     events = EventAccumulator(str(tmp_path / "1" / "tensorboard")).Reload()
     assert len(events.Scalars("val_loss")) >= 1  # its epoch reached TensorBoard
     # The trial that ran to the end wrote its summary, as a single run does.
-    assert json.loads((tmp_path / "0" / "result.json").read_text())["metrics"]["epoch"] == 99
+    summary = json.loads((tmp_path / "0" / "result.json").read_text())
+    assert summary["metrics"]["epoch"] == 99
     assert len({reports(tmp_path, row["trial"])[0]["pid"] for row in rows}) == 1
+    # Each trial's worker group kept its Ray Train run in its own folder of the shared storage
+    # path: none started from the first trial's run of the same name.
+    assert summary["storage_path"] == str(tmp_path / "bucket" / "0" / "ray_train")
+    assert sorted(path.name for path in (tmp_path / "bucket").iterdir()) == ["0", "1", "2"]
+    assert all((tmp_path / "bucket" / n / "ray_train").is_dir() for n in ("0", "1", "2"))
+    assert len(reports(tmp_path, "2")) >= 1  # the third trial trained
 
 
 def test_pbt_hands_the_good_trials_checkpoint_to_the_hopeless_one(
@@ -219,40 +227,59 @@ def tracebacks_other_than_shutdown(output: str) -> list[str]:
 def test_interrupted_sweep_resumes_and_keeps_finished_trials(
     ray_address: str, tmp_path: Path
 ) -> None:
+    # One storage path for the whole sweep (a shared folder standing in for a bucket): each
+    # trial keeps its Ray Train run in a folder of its own there, and resumes from it.
+    sweep_dir, bucket = tmp_path / "sweep", tmp_path / "bucket"
     args = [
         "-m",
         "search=random",
         "search.num_samples=3",
         "search.max_concurrent_trials=1",
-        "trainer.max_epochs=4",
+        "trainer.max_epochs=6",
         # Trials of a few seconds: one-process trials of the small data took under a second
         # each, and the whole sweep could end before the Ctrl-C below reached it.
         "data=synthetic",
         "data.source.num_samples=16384",
         "checkpoint.every_n_epochs=2",
         "optimizer.lr=tag(log,interval(1e-3,1e-1))",
-        f"hydra.sweep.dir={tmp_path}",
+        f"paths.storage_path={bucket}",
+        f"hydra.sweep.dir={sweep_dir}",
     ]
     sweep = start_train(*args, ray_address=ray_address)
-    first_done = tmp_path / "0" / "result.json"
+    first_done = sweep_dir / "0" / "result.json"
+    # The second trial's first checkpoint, in its own folder of the shared storage: Ctrl-C then.
+    second_started = bucket / "1" / "ray_train" / "checkpoint_epoch_0002"
     deadline = time.monotonic() + 400
-    while not first_done.exists() and time.monotonic() < deadline and sweep.poll() is None:
+    while not second_started.exists() and time.monotonic() < deadline and sweep.poll() is None:
         time.sleep(0.1)
-    assert first_done.exists(), "the first trial never finished"
+    assert second_started.exists(), "the second trial never checkpointed in its own folder"
     sweep.send_signal(signal.SIGINT)  # Ctrl-C
     output, _ = sweep.communicate(timeout=300)
     # Not a finished sweep (a non-zero exit status), and it says how to continue.
     assert sweep.returncode != 0
     hint = "trials did not finish. Continue the sweep with the same command plus: "
-    assert f"{hint}search.resume=true hydra.sweep.dir={tmp_path}" in output, output[-3000:]
+    assert f"{hint}search.resume=true hydra.sweep.dir={sweep_dir}" in output, output[-3000:]
     assert "Tuner.restore(" not in output  # Ray Tune's own hint, which is not how this one resumes
     finished_at = first_done.stat().st_mtime
+    assert not (sweep_dir / "1" / "result.json").exists()  # interrupted before its last epoch
 
     proc = run_train(*args, "search.resume=true", ray_address=ray_address)
     assert proc.returncode == 0, failure(proc)
-    rows = trials(tmp_path)
+    rows = trials(sweep_dir)
     assert [row["status"] for row in rows] == ["completed"] * 3
     assert first_done.stat().st_mtime == finished_at  # the finished trial was not run again
+    for number in range(3):
+        # Every epoch trained once, by this trial: the interrupted one went on from its own
+        # checkpoint of epoch 2, none from another trial's (which would leave nothing to train).
+        epochs = [report["epoch"] for report in reports(sweep_dir, str(number))]
+        assert sorted(set(epochs)) == list(range(6)) and epochs.count(0) == 1, (number, epochs)
+        summary = json.loads((sweep_dir / str(number) / "result.json").read_text())
+        assert summary["metrics"]["epoch"] == 5
+        own = bucket / str(number)
+        assert Path(summary["storage_path"]).parent == own, summary
+        assert Path(summary["best_checkpoint"]).is_relative_to(own), summary
+        assert list(own.glob("*/checkpoint_epoch_0006")), sorted(own.rglob("*"))
+    assert sorted(path.name for path in bucket.iterdir()) == ["0", "1", "2"]
 
     again = run_train(*args, ray_address=ray_address, timeout=120)  # the same folder, no resume
     assert again.returncode != 0

@@ -80,6 +80,55 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     assert "test_acc" in events.Tags()["scalars"]
 
 
+def test_two_workers_train_on_disjoint_shards_and_keep_equal_weights(
+    ray_address: str, tmp_path: Path
+) -> None:
+    # DDP through train.py on the default Ray Data path: RayDDPStrategy, prepare_trainer, each
+    # worker a shard of every split. A test callback records each rank's rows and weights.
+    run_dir, ranks = tmp_path / "run", tmp_path / "ranks"
+    proc = run_train(
+        "scaling.num_workers=2",
+        "trainer.max_epochs=2",
+        "+callbacks.ranks._target_=tests.rank_recorder.RankRecorder",
+        f"+callbacks.ranks.folder={ranks}",
+        f"hydra.run.dir={run_dir}",
+        ray_address=ray_address,
+    )
+    assert proc.returncode == 0, failure(proc)
+    records = [json.loads((ranks / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [record["world_size"] for record in records] == [2, 2]
+    for epoch in ("0", "1"):
+        train = [set(record["train"][epoch]) for record in records]
+        val = [set(record["val"][epoch]) for record in records]
+        # Each row once per epoch (the digits hold no duplicates): the training split shared
+        # out in two equal halves, the validation split too, apart from the training rows.
+        # Ray's equal split leaves a split's odd row out: of the 1,797, at most two are unseen.
+        assert [len(rows) for rows in train] == [len(r["train"][epoch]) for r in records]
+        assert len(train[0]) == len(train[1]) and not train[0] & train[1]
+        assert len(val[0]) == len(val[1]) and not val[0] & val[1]
+        assert not (train[0] | train[1]) & (val[0] | val[1])
+        assert 1797 - 2 <= 2 * (len(train[0]) + len(val[0])) <= 1797
+        assert len(val[0]) * 2 >= 0.2 * 1797 - 2  # data.val_fraction=0.2
+    assert set(records[0]["train"]["0"]) == set(records[0]["train"]["1"])  # the same shard
+    # DDP kept the two copies of the network equal, and the run's checkpoint is that network.
+    weights = [torch.load(ranks / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+    # The results as a one-worker run has them.
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["metrics"]["epoch"] == 1 and 0.5 < result["metrics"]["val_acc"] <= 1.0
+    # About 1,430 training rows in batches of 64: 12 steps an epoch on each of two workers.
+    assert result["metrics"]["step"] == 2 * 12, result["metrics"]
+    assert result["storage_path"] == str(run_dir / "ray_train")
+    latest = Path(result["latest_checkpoint"])
+    assert latest.parent == run_dir / "ray_train"
+    saved = torch.load(latest / "checkpoint.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[name], weights[0][name]) for name in weights[0])
+    val_loss = EventAccumulator(str(run_dir / "tensorboard")).Reload().Scalars("val_loss")
+    assert len(val_loss) == 2  # rank 0 logs, once an epoch
+
+
 def test_relative_paths_mean_the_folder_train_py_runs_from(
     ray_address: str, tmp_path: Path
 ) -> None:

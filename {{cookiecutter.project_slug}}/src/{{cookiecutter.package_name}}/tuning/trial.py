@@ -19,6 +19,7 @@ from ray import tune
 
 from ..checkpoints import CHECKPOINT_FILE
 from ..data import PreparedData, reuse_prepared
+from ..data.sources import is_uri, resolve_path
 from ..training.run import trained_epochs
 from .reporting import reporting_to_tune
 from .space import SearchSpace
@@ -68,6 +69,22 @@ def job_number(trial_dir: str | Path) -> int:
     return int(Path(trial_dir).name.removeprefix(TRIAL_DIR_PREFIX))
 
 
+def trial_storage(storage_path: str, trial_dir: str, subdir: str) -> str:
+    """Where a trial's Ray Train run keeps its checkpoints and run state.
+
+    `storage_path` itself when it lies in the trial's own folder (the default,
+    `${paths.output_dir}`). Otherwise one storage path (a bucket, a shared folder) was given for
+    the whole sweep: each trial then gets its own folder in it, named like its folder in the
+    sweep dir (`<storage_path>/<job number>`), so that no trial resumes from or overwrites
+    another's run of the same name.
+    """
+    storage = resolve_path(storage_path)
+    trial_dir = resolve_path(trial_dir)
+    if not is_uri(storage) and (storage == trial_dir or storage.startswith(trial_dir + os.sep)):
+        return storage
+    return f"{storage.rstrip('/')}/{subdir}"
+
+
 def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     """The Tune function trainable: run the trial's Hydra job, reporting every epoch to Tune."""
     Singleton.set_state(context.hydra_state)
@@ -98,8 +115,14 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
                 # Paused (PBT pauses trials to let others run) or interrupted after its last
                 # epoch: nothing is left to train. Tune has its results, its folder its summary.
                 return None
-    HydraConfig.instance().set_config(config)
     output_dir = str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
+    with open_dict(config):
+        config.hydra.runtime.output_dir = os.path.abspath(output_dir)  # as run_job sets it
+    HydraConfig.instance().set_config(config)
+    storage = trial_storage(config.paths.storage_path, output_dir, str(config.hydra.sweep.subdir))
+    if storage != resolve_path(config.paths.storage_path):
+        with open_dict(config):
+            config.paths.storage_path = storage
     last_epoch = int(config.trainer.max_epochs) - 1
     with reporting_to_tune(last_epoch=last_epoch, output_dir=output_dir) as reporter:
         job = run_job(
