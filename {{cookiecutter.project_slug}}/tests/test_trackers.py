@@ -14,9 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
-from {{ cookiecutter.package_name }}.config import validate
+from {{ cookiecutter.package_name }}.config import ConfigError, validate
+from {{ cookiecutter.package_name }}.training import tracker_env
+from {{ cookiecutter.package_name }}.training.loggers import check_trackers, run_status
 
 from .conftest import compose_config, failure, run_train, tensorboard_hparams
 
@@ -47,6 +50,42 @@ def test_a_tracker_that_is_not_installed_or_answers_nowhere_stops_before_ray(tmp
     assert "logger.mlflow: the MLflow server at http://127.0.0.1:9 cannot be reached" in proc.stderr
     for output in (proc.stdout + proc.stderr,):
         assert "Traceback" not in output and "Ray" not in output
+
+
+def test_an_online_wandb_run_whose_host_answers_nowhere_stops_before_ray(
+    monkeypatch: pytest.MonkeyPatch, offline_trackers: None
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "dummy")  # online
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # port 9: nothing listens
+    with pytest.raises(ConfigError) as error:
+        check_trackers(compose_config("logger=wandb"))
+    assert str(error.value).startswith(
+        "logger.wandb: the W&B server at http://127.0.0.1:9 cannot be reached ("
+    )
+    assert "\n" not in str(error.value)
+    check_trackers(compose_config("logger=wandb", "logger.wandb.offline=true"))  # not asked
+    monkeypatch.delenv("WANDB_API_KEY")
+    check_trackers(compose_config("logger=wandb"))  # offline without a key
+
+
+def test_how_a_run_ended_is_its_tracker_runs_status() -> None:
+    assert run_status(None) == "FINISHED"
+    assert run_status(SystemExit(0)) == "FINISHED"  # Tune stopping a trial (ASHA)
+    assert run_status(SystemExit(1)) == "KILLED"  # Ctrl-C, as Lightning re-raises it
+    assert run_status(KeyboardInterrupt()) == "KILLED"
+    assert run_status(RuntimeError("boom")) == "FAILED"
+
+
+def test_the_trackers_variables_set_here_are_the_ones_sent_to_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in tracker_env.NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "key")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "password")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "")  # set but empty: nothing to send
+    monkeypatch.setenv("HOME_SECRET", "not a tracker's")
+    assert tracker_env.current() == {"WANDB_API_KEY": "key", "MLFLOW_TRACKING_PASSWORD": "password"}
 
 
 @pytest.fixture
@@ -123,9 +162,15 @@ def test_mlflow_server_gets_settings_epochs_and_a_finished_run_from_a_worker_gro
     try:
         wait_for(f"{uri}/health", server)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the variable wins over the local store
+        # A credential that only train.py is given (the tests' Ray cluster started without it):
+        # the worker gets it, and no file of the run or of Ray's holds it.
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", SECRET)
+        seen = tmp_path / "seen.json"
         proc = run_train(
             "logger=many",
             "scaling=cpu",
+            "+callbacks.env._target_=tests.callbacks.TrackerEnvToFile",
+            f"+callbacks.env.path={seen}",
             "trainer.max_epochs=2",
             "optimizer.lr=0.003",
             f"paths.results_dir={tmp_path / 'results'}",
@@ -144,7 +189,14 @@ def test_mlflow_server_gets_settings_epochs_and_a_finished_run_from_a_worker_gro
         assert len(history) == 2 and history[-1].value == run.data.metrics["val_loss"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # seen on a loaded machine: its workers linger
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+    assert json.loads(seen.read_text())["MLFLOW_TRACKING_TOKEN"] == SECRET
+    ray_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    assert not files_containing(SECRET, tmp_path / "results", ray_logs)
     assert not (tmp_path / "results" / "mlflow.db").exists()  # nothing in the local store
     # TensorBoard and CSV beside it, as before.
     hparams, _ = tensorboard_hparams(tmp_path / "results" / "runs" / "first" / "tensorboard")
@@ -153,7 +205,7 @@ def test_mlflow_server_gets_settings_epochs_and_a_finished_run_from_a_worker_gro
 
 
 @pytest.mark.slow
-def test_a_sweeps_trials_are_tracker_runs_grouped_under_the_sweep(
+def test_a_sweeps_trials_are_tracker_runs_grouped_that_end_as_their_trials_end(
     ray_address: str, tmp_path: Path, offline_trackers: None
 ) -> None:
     from mlflow.tracking import MlflowClient
@@ -161,10 +213,16 @@ def test_a_sweeps_trials_are_tracker_runs_grouped_under_the_sweep(
     results = tmp_path / "results"
     proc = run_train(
         "-m",
-        "search=random",
+        "search=asha",
+        "search.shuffle_grid=false",  # in this order: ASHA compares each trial with earlier ones
         "search.num_samples=1",
-        "search.max_concurrent_trials=1",  # both trials in one reused process, one after the other
-        "optimizer.lr=0.01,0.003",
+        "search.max_concurrent_trials=1",  # one trial after the other, in one reused process
+        "search.trial_retries=1",
+        # 0.01 learns and completes; 1e-6 cannot learn: ASHA stops it after its first epoch;
+        # 0.003 learns well enough to go on, and fails at the end of that epoch, twice.
+        "optimizer.lr=0.01,1e-6,0.003",
+        "+callbacks.fail._target_=tests.callbacks.FailAtEpoch",
+        "+callbacks.fail.lr=0.003",
         "trainer.max_epochs=2",
         "logger=[mlflow,wandb]",
         f"paths.results_dir={results}",
@@ -173,25 +231,43 @@ def test_a_sweeps_trials_are_tracker_runs_grouped_under_the_sweep(
         cwd=tmp_path,
     )
     assert proc.returncode == 0, failure(proc)
+    assert "3 trials (1 completed, 1 stopped early, 1 error)" in proc.stdout, proc.stdout[-3000:]
     # MLflow's local store in the results folder: an experiment named after the sweep's folder,
-    # one finished run per trial, tagged with its values.
+    # one run per trial (the retried trial's attempts in one), tagged with its values, ended as
+    # the trial ended: stopped by ASHA is finished, at the epoch it reached.
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sweeps/lr")
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted(run.data.tags["optimizer.lr"] for run in runs) == ["0.003", "0.01"]
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    assert sorted(run.info.run_name for run in runs) == ["sweeps/lr/0", "sweeps/lr/1"]
-    for run in runs:
+    found = client.search_runs([experiment.experiment_id])
+    runs = {run.data.tags["optimizer.lr"]: run for run in found}
+    assert {lr: run.info.status for lr, run in runs.items()} == {
+        "0.01": "FINISHED",
+        "1e-06": "FINISHED",
+        "0.003": "FAILED",
+    }
+    last_epoch = {
+        lr: client.get_metric_history(run.info.run_id, "epoch")[-1].value
+        for lr, run in runs.items()
+    }
+    assert last_epoch == {"0.01": 1, "1e-06": 0, "0.003": 0}
+    assert sorted(run.info.run_name for run in runs.values()) == [
+        "sweeps/lr/0", "sweeps/lr/1", "sweeps/lr/2"
+    ]  # fmt: skip
+    for run in runs.values():
         assert run.data.params["optimizer.lr"] == run.data.tags["optimizer.lr"]
-        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
-    # W&B: one offline run per trial, in the trial's folder, grouped under the sweep.
-    for trial in ("0", "1"):
-        (wandb_file,) = (results / "sweeps" / "lr" / trial / "wandb").glob("offline-run-*/*.wandb")
-        records = wandb_records(wandb_file)
-        (run_record,) = [record.run for record in records if record.HasField("run")]
+    assert len(client.get_metric_history(runs["0.01"].info.run_id, "val_loss")) == 2
+    # W&B: one offline run per trial, in the trial's folder, grouped under the sweep; its exit
+    # code says how it ended (0: finished, also when stopped). The retried trial wrote its run
+    # twice, failed both times.
+    exit_codes = {}
+    for trial in ("0", "1", "2"):
+        files = sorted((results / "sweeps" / "lr" / trial / "wandb").glob("offline-run-*/*.wandb"))
+        records = [record for path in files for record in wandb_records(path)]
+        (run_record, *again) = [record.run for record in records if record.HasField("run")]
         assert run_record.run_group == "sweeps/lr"
         assert any(tag.startswith("optimizer.lr=") for tag in run_record.tags)
-        assert records[-1].WhichOneof("record_type") == "exit"
+        assert all(record.run_id == run_record.run_id for record in again)
+        exit_codes[trial] = [record.exit.exit_code for record in records if record.HasField("exit")]
+    assert exit_codes == {"0": [0], "1": [0], "2": [1, 1]}
 
 
 @pytest.mark.slow
@@ -226,6 +302,18 @@ def test_a_run_started_again_in_its_folder_continues_its_tracker_runs(
         record.run.run_id for f in files for record in wandb_records(f) if record.HasField("run")
     }
     assert len(ids) == 1  # one W&B run, written twice
+
+
+SECRET = "dummy-secret-3b9f0c"
+
+
+def files_containing(text: str, *folders: Path) -> list[Path]:
+    return [
+        path
+        for folder in folders
+        for path in folder.rglob("*")
+        if path.is_file() and text.encode() in path.read_bytes()
+    ]
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import ray.train
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 from .. import logs
@@ -199,8 +199,7 @@ class HyperparametersToTensorBoard(L.Callback):
     values (str, int, float, bool), as `flat_hyperparameters` makes them.
 
     Every other tracker (CSV, MLflow, W&B: training/loggers.py) gets the same settings through
-    its own `log_hyperparams`; a W&B run is finished when the fit ends, so that its files are
-    complete before the process (a Ray worker, a sweep's trial) moves on.
+    its own `log_hyperparams`.
     """
 
     def __init__(self, hyperparameters: dict[str, Any], metrics: Sequence[str]) -> None:
@@ -217,13 +216,6 @@ class HyperparametersToTensorBoard(L.Callback):
                     writer.add_summary(summary)
             else:
                 log_settings(logger, self.hyperparameters)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not trainer.is_global_zero:
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                logger._experiment.finish()
 
 
 def flat_hyperparameters(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -15,6 +15,10 @@ sweep (MLflow: an experiment named after the sweep's folder; W&B: a group of tha
 A run started again in its folder (to resume it, or restarted after a failure) continues its
 tracker runs: the MLflow run tagged with that folder (found by the driver), and the W&B run whose
 id the folder names.
+
+A run's tracker runs end as the run ended (`end_runs`, in the worker): finished, also when a
+sweep's scheduler stopped the trial, failed or killed. When its workers were killed before they
+could say so (a stopped trial's worker group), the driver ends its MLflow run (`end_lost_runs`).
 """
 
 import hashlib
@@ -93,6 +97,12 @@ def driver_context(cfg: DictConfig) -> dict[str, Any]:
 
 def _previous_mlflow_run(cfg: DictConfig, sweep: dict[str, Any] | None) -> str | None:
     """The MLflow run of this run's folder, if the folder was run before (resumed, restarted)."""
+    run = _mlflow_run_of_folder(cfg, sweep)
+    return run.info.run_id if run is not None else None
+
+
+def _mlflow_run_of_folder(cfg: DictConfig, sweep: dict[str, Any] | None) -> Any:
+    """The MLflow run tagged with this run's folder, if there is one (and MLflow is a tracker)."""
     node = next((n for n in (cfg.get("logger") or {}).values() if _kind(n) == "MLFlowLogger"), None)
     if node is None or node.get("run_id"):
         return None
@@ -113,7 +123,59 @@ def _previous_mlflow_run(cfg: DictConfig, sweep: dict[str, Any] | None) -> str |
     runs = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.{RUN_DIR_TAG} = '{folder}'", max_results=1
     )
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
+
+
+def run_status(error: BaseException | None) -> str:
+    """How a run ended, in MLflow's words. A sweep's scheduler (ASHA) stops a trial with
+    SystemExit(0) from `tune.report`: FINISHED at the epoch it reached, as a completed run.
+    Ctrl-C (Lightning turns it into SystemExit(1)) is KILLED; any other error FAILED."""
+    if error is None or (isinstance(error, SystemExit) and error.code in (0, None)):
+        return "FINISHED"
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        return "KILLED"
+    return "FAILED"
+
+
+# W&B's run state follows the exit code a run finishes with (0: finished, else failed).
+WANDB_EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
+
+
+def end_runs(loggers: list[Any], error: BaseException | None) -> None:
+    """End the tracker runs of a fit that ended with `error` (None: completed); rank 0 only
+    has them.
+
+    Lightning ends a fit that raised as failed, whatever ended it, and finishes no W&B run then:
+    MLflow gets the status `run_status` says, W&B its exit code. A W&B run is finished here in
+    every case, so that its files are complete before the process (a Ray worker, a sweep's
+    trial) moves on."""
+    status = run_status(error)
+    for logger in loggers:
+        kind = _kind_of(logger)
+        if kind == "MLFlowLogger" and error is not None:
+            logger.finalize(status)  # MLflow's own status names pass through (rank 0 only)
+        elif kind == "WandbLogger" and logger._experiment is not None:
+            logger._experiment.finish(exit_code=WANDB_EXIT_CODES[status])
+
+
+def end_lost_runs(cfg: DictConfig, error: BaseException) -> None:
+    """In the driver, once a run has ended with `error`: an MLflow run of its folder still
+    RUNNING lost its worker before it could say so (a sweep's scheduler stopped a worker
+    group's trial: its workers are killed; a worker's process died), and gets its status here.
+    """
+    if not any(_kind(n) == "MLFlowLogger" for n in (cfg.get("logger") or {}).values()):
+        return
+    try:
+        run = _mlflow_run_of_folder(cfg, sweep_of_run(cfg))
+        if run is not None and run.info.status == "RUNNING":
+            from mlflow.tracking import MlflowClient  # noqa: PLC0415 (only with MLflow)
+
+            node = next(n for n in cfg.logger.values() if _kind(n) == "MLFlowLogger")
+            MlflowClient(mlflow_tracking_uri(cfg, node)).set_terminated(
+                run.info.run_id, run_status(error)
+            )
+    except Exception as problem:  # the run's own error matters more than its tracker's
+        logging.getLogger(__name__).warning("Could not end the run's MLflow run: %s", problem)
 
 
 def sweep_of_run(cfg: DictConfig) -> dict[str, Any] | None:
@@ -167,22 +229,51 @@ def _local_store(cfg: DictConfig) -> str:
 
 
 def check_trackers(cfg: DictConfig) -> None:
-    """Stop with one line when a tracker's server does not answer (before Ray starts)."""
+    """Stop with one line when a tracker's server does not answer (before Ray starts): an MLflow
+    tracking server, or the W&B host of a run that is online (an API key is set)."""
     for key, node in (cfg.get("logger") or {}).items():
-        if not isinstance(node, DictConfig) or _kind(node) != "MLFlowLogger":
+        if not isinstance(node, DictConfig):
             continue
-        uri = mlflow_tracking_uri(cfg, node)
-        parsed = urlparse(uri)
-        if parsed.scheme not in ("http", "https"):
-            continue
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            socket.create_connection((parsed.hostname, port), timeout=5).close()
-        except OSError as error:
-            raise ConfigError(
-                f"logger.{key}: the MLflow server at {uri} cannot be reached ({error}); start "
-                "it, or set logger.mlflow.tracking_uri / MLFLOW_TRACKING_URI to one that runs"
-            ) from None
+        kind = _kind(node)
+        if kind == "MLFlowLogger":
+            uri = mlflow_tracking_uri(cfg, node)
+            settings = "logger.mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+            fix = f"start it, or set {settings} to one that runs"
+            _check_reachable(uri, f"logger.{key}: the MLflow server at {uri}", fix)
+        elif kind == "WandbLogger" and not _wandb_offline(node):
+            url = os.environ.get("WANDB_BASE_URL") or WANDB_HOST
+            fix = (
+                "correct WANDB_BASE_URL, or run offline (logger.wandb.offline=true, or unset "
+                "WANDB_API_KEY) and `wandb sync` later"
+            )
+            _check_reachable(url, f"logger.{key}: the W&B server at {url}", fix)
+
+
+WANDB_HOST = "https://api.wandb.ai"  # W&B's own, when WANDB_BASE_URL names none
+REACH_TIMEOUT_S = 5.0
+
+
+def _wandb_offline(node: DictConfig) -> bool:
+    """Whether a W&B run is written offline: as configured, else when no API key is set (or
+    WANDB_MODE says so, which W&B obeys)."""
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
+        return True
+    if node.get("offline") is not None:
+        return bool(node.offline)
+    return not os.environ.get("WANDB_API_KEY")
+
+
+def _check_reachable(url: str, what: str, fix: str) -> None:
+    """Raise ConfigError "<what> cannot be reached (<why>); <fix>" if nothing accepts a
+    connection at an http(s) `url`'s host and port (other URLs are not servers: left alone)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as error:
+        raise ConfigError(f"{what} cannot be reached ({error}); {fix}") from None
 
 
 def _filled_in(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
@@ -218,7 +309,7 @@ def _filled_in(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
     if kind == "WandbLogger":
         filled = {}
         if node.get("offline") is None:
-            filled["offline"] = not os.environ.get("WANDB_API_KEY")
+            filled["offline"] = _wandb_offline(node)
         if not node.get("name"):
             filled["name"] = run_label(cfg)
         if not node.get("id"):

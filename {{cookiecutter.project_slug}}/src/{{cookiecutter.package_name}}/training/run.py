@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shlex
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ from ..data.pipeline import build_task, uses_ray_data
 from ..data.sources import resolve_path
 from ..models import build_model, is_lightning_module, model_class
 from ..tuning import reporting
-from . import cluster
+from . import cluster, tracker_env
 from .local import CheckpointFolder
-from .loggers import check_trackers, driver_context
+from .loggers import check_trackers, driver_context, end_lost_runs
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ def build_trainer(
     loop_config["tracking"] = driver_context(cfg)  # the tracking URI, the sweep of a trial
     if local:
         loop_config["local_run_dir"] = str(local_run_dir(cfg))
+    else:  # the trackers' credentials set here, for the workers (by reference: tracker_env.py)
+        loop_config[tracker_env.LOOP_KEY] = tracker_env.ship()
     if not ray_data:
         # A LightningDataModule or the model's own dataloaders: the workers load the data.
         loop_config["data_info"] = unprepared_data_info(cfg.task)
@@ -253,19 +256,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     local = is_local(cfg)
     if tune_reporter is not None and not local:
         trainer = build_trainer(cfg, callbacks=tune_reporter.callbacks, epoch_lines=False)
-        result = tune_reporter.fit(trainer)
+        fit = partial(tune_reporter.fit, trainer)
     else:
         trainer = build_trainer(cfg, epoch_lines=tune_reporter is None)
-        try:
-            result = trainer.fit()
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train aborts the run, then exits
-            if tune_reporter is None:  # in a trial: Tune stopped it
-                log.warning(
-                    "Training stopped before its last epoch. To continue from its latest "
-                    "checkpoint, run: %s",
-                    resume_command(cfg.paths.output_dir),
-                )
-            raise
+        fit = trainer.fit
+    try:
+        result = fit()
+    except BaseException as error:
+        end_lost_runs(cfg, error)  # trackers that its workers could not end (killed)
+        if isinstance(error, KeyboardInterrupt | SystemExit) and tune_reporter is None:
+            # Ctrl-C: Ray Train aborts the run, then exits. In a trial: Tune stopped it.
+            log.warning(
+                "Training stopped before its last epoch. To continue from its latest "
+                "checkpoint, run: %s",
+                resume_command(cfg.paths.output_dir),
+            )
+        raise
     if local:
         summary = summarize_local(result.return_value["metrics"], cfg)
     else:

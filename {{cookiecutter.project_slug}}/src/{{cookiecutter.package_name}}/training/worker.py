@@ -27,6 +27,7 @@ from ..data.pipeline import hide_progress_notice
 from ..models import build_model
 from ..tasks import Task, load_task
 from ..tasks.module import TaskModule
+from . import tracker_env
 from .callbacks import (
     EpochLine,
     HyperparametersToTensorBoard,
@@ -38,7 +39,7 @@ from .callbacks import (
     flat_hyperparameters,
 )
 from .local import CheckpointFolder
-from .loggers import build_loggers
+from .loggers import build_loggers, end_runs
 from .options import distribution, trainer_options
 
 # What TensorBoard's HParams tab lists for a run: the settings a sweep varies, and every metric
@@ -76,6 +77,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     In one process (`scaling=local`, Ray Train's local mode: `config["local_run_dir"]` is set)
     this is the only worker, and returns the last epoch's metrics."""
+    config = dict(config)  # a copy: in one process, the caller's dict
+    tracker_env.receive(config.pop(tracker_env.LOOP_KEY, None))
     cfg = OmegaConf.create(config)
     # Ray Train starts each worker in a folder of its own: relative paths (a logger.save_dir, a
     # file your model reads) mean here what they mean to train.py, as in a plain script.
@@ -138,7 +141,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     with ExitStack() as stack:
         resume = _local_resume_path(reports, cfg) if local else _resume_path(stack, cfg)
-        trainer.fit(model, **data, ckpt_path=resume)
+        try:
+            trainer.fit(model, **data, ckpt_path=resume)
+        except BaseException as error:  # a sweep's scheduler stopping the trial, too
+            end_runs(trainer.loggers, error)
+            raise
+    end_runs(trainer.loggers, None)
     return {"metrics": reports.last_metrics} if local else None
 
 

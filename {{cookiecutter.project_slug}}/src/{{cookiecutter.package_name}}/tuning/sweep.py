@@ -21,7 +21,8 @@ from ..config import ConfigError, validate
 from ..data import build_source, prepare
 from ..data.pipeline import uses_ray_data
 from ..models import is_lightning_module, model_class
-from ..training import cluster
+from ..training import cluster, tracker_env
+from ..training.loggers import check_trackers
 from ..training.run import check_model
 from . import results
 from .space import SearchSpace, SearchSpaceError, build
@@ -152,6 +153,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run the multirun of `arguments` as a Ray Tune experiment and write its results."""
     validate(config)
+    check_trackers(config)  # a tracker's server that does not answer: stop before Ray starts
     search = config.search
     sweep_dir = Path(config.hydra.sweep.dir).resolve()
     with open_dict(config):
@@ -202,7 +204,15 @@ def run_sweep(
         check_model(
             config.model, data.input_shape, data.num_outputs, forward=not config.scaling.use_gpu
         )
-    context = TrialContext(config, hydra_context, task_function, space, Singleton.get_state(), data)
+    context = TrialContext(
+        config,
+        hydra_context,
+        task_function,
+        space,
+        Singleton.get_state(),
+        data,
+        tracker_env.ship(),  # a trial on another machine needs the driver's credentials
+    )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context), trial_resources(config.scaling)
     )

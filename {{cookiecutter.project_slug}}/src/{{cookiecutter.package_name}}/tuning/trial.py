@@ -20,6 +20,7 @@ from ray import tune
 from ..checkpoints import CHECKPOINT_FILE
 from ..data import PreparedData, reuse_prepared
 from ..data.sources import is_uri, resolve_path
+from ..training import tracker_env
 from ..training.run import trained_epochs
 from .reporting import reporting_to_tune
 from .space import SearchSpace
@@ -37,6 +38,8 @@ class TrialContext:
     hydra_state: Any = None
     # The sweep's data, prepared once by the driver; used by the trials that keep its config.
     data: PreparedData | None = None
+    # The trackers' credentials set in the driver (training/tracker_env.py), by reference.
+    tracker_env: Any = None
 
 
 TRIAL_DIR_PREFIX = "trial_"
@@ -88,6 +91,7 @@ def trial_storage(storage_path: str, trial_dir: str, subdir: str) -> str:
 def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     """The Tune function trainable: run the trial's Hydra job, reporting every epoch to Tune."""
     Singleton.set_state(context.hydra_state)
+    tracker_env.receive(context.tracker_env)
     setup_globals()
     if context.data is not None:
         reuse_prepared(context.config.data, context.config.task, context.data)
