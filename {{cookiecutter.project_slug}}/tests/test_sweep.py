@@ -7,10 +7,15 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from {{ cookiecutter.package_name }}.checkpoints import load
+from {{ cookiecutter.package_name }}.data import prepare
 
 from .conftest import compose_config, failure, run_train, start_train, tensorboard_hparams
 
@@ -43,11 +48,13 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         "search.max_concurrent_trials=1",
         "trainer.max_epochs=4",
         *SMALL,
+        "data.test_fraction=0.2",
         "optimizer.lr=0.03,1e-7,0.01,1e-6",
         ray_address=ray_address,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, failure(proc)
+    console = proc.stdout + proc.stderr
     [sweep_dir] = tmp_path.glob("*/sweeps/*/*")
     # Stopping trials, the last one too, is routine: no tracebacks, no warnings about settings.
     assert "Traceback" not in proc.stderr
@@ -65,11 +72,16 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
         assert len(events.Scalars("val_loss")) >= 1
     assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "4"
-    # A trial that ran to its last epoch wrote its summary; one stopped early did not.
+    # A trial that ran to its last epoch wrote its summary; one stopped early did not. Every
+    # place counts epochs completed alike: trials.csv, Tune's reports, result.json, TensorBoard.
     for row in rows:
         summary = sweep_dir / row["trial"] / "result.json"
+        epochs = [report["epoch"] for report in reports(sweep_dir, row["trial"])]
+        assert epochs == list(range(1, int(row["epochs"]) + 1))
         if row["status"] == "completed":
-            assert json.loads(summary.read_text())["metrics"]["epoch"] == 3
+            assert json.loads(summary.read_text())["metrics"]["epoch"] == 4
+            events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
+            assert [event.value for event in events.Scalars("epoch")][-1] == 4
         else:
             assert not summary.exists()
     # max_concurrent_trials=1: each trial starts after the one before has sent its last report.
@@ -86,13 +98,33 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
     assert results["best_params"] == {"optimizer.lr": float(best["optimizer.lr"])}
     # The command printed for the best trial keeps the sweep's fixed overrides (not its search
     # or Hydra settings), so it composes the configuration the trial trained with.
-    rerun = " ".join(["trainer.max_epochs=4", *SMALL, f"optimizer.lr={best['optimizer.lr']}"])
+    fixed = ["trainer.max_epochs=4", *SMALL, "data.test_fraction=0.2"]
+    rerun = " ".join([*fixed, f"optimizer.lr={best['optimizer.lr']}"])
     assert results["best_overrides"] == rerun
-    assert f"python train.py {rerun}" in proc.stdout + proc.stderr
+    assert f"python train.py {rerun}" in console
     trained = OmegaConf.load(sweep_dir / best["trial"] / ".hydra" / "config.yaml")
     again = compose_config(*rerun.split())
     for group in ("model", "data", "optimizer", "trainer", "checkpoint", "seed"):
         assert again[group] == trained[group], group
+
+    # Chosen by the validation metric above (not by these), the best trial's best checkpoint
+    # met the held-out rows once: in the sweep's summary, on the console, in the trial's
+    # result.json and TensorBoard; no other trial was evaluated.
+    tested = results["best_test_metrics"]
+    assert sorted(tested) == ["test_acc", "test_loss"]
+    assert results["best_trial"] == int(best["trial"])
+    best_dir = sweep_dir / best["trial"]
+    assert json.loads((best_dir / "result.json").read_text())["test_metrics"] == tested
+    assert f"its best checkpoint on the test split: test_acc {tested['test_acc']:.4g}" in console
+    for row in rows:
+        events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
+        assert ("test_acc" in events.Tags()["scalars"]) == (row is best), row["trial"]
+    # The same accuracy from the checkpoint that the trial's result.json names as its best.
+    test_rows = prepare(again.data, again.task).test.to_pandas()
+    model = load(best_dir)
+    predicted = model.predict(torch.as_tensor(np.stack(test_rows["features"])))["prediction"]
+    accuracy = float((predicted.numpy() == test_rows["label"].to_numpy()).mean())
+    assert accuracy == pytest.approx(tested["test_acc"], abs=1e-6)
 
     # Every trial is a Hydra job with its own folder, config and TensorBoard logs, where the
     # HParams tab compares the trials: each lists its learning rate and how far it got.
@@ -139,7 +171,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     events = EventAccumulator(str(tmp_path / "1" / "tensorboard")).Reload()
     assert len(events.Scalars("val_loss")) >= 1  # its epoch reached TensorBoard
     # The trial that ran to the end wrote its summary, as a single run does.
-    assert json.loads((tmp_path / "0" / "result.json").read_text())["metrics"]["epoch"] == 99
+    assert json.loads((tmp_path / "0" / "result.json").read_text())["metrics"]["epoch"] == 100
     assert len({reports(tmp_path, row["trial"])[0]["pid"] for row in rows}) == 1
 
 
@@ -177,11 +209,11 @@ def test_pbt_hands_the_good_trials_checkpoint_to_the_hopeless_one(
     assert accuracy[0] < 0.3 and accuracy[-1] > 0.8, accuracy
     assert float(rows[target]["best"]) < 1.0
     summary = json.loads((tmp_path / str(target) / "result.json").read_text())
-    assert summary["metrics"]["epoch"] == 3 and summary["metrics"]["val_acc"] > 0.8
+    assert summary["metrics"]["epoch"] == 4 and summary["metrics"]["val_acc"] > 0.8
     # PBT pauses both trials once more after their last epoch: their runs still finish.
     for number in rows:
         summary = json.loads((tmp_path / str(number) / "result.json").read_text())
-        assert summary["metrics"]["epoch"] == 3
+        assert summary["metrics"]["epoch"] == 4
 
 
 def test_the_default_pbt_sweep_clones_checkpoints_that_are_still_there(

@@ -100,7 +100,7 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
                 return None
     HydraConfig.instance().set_config(config)
     output_dir = str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
-    last_epoch = int(config.trainer.max_epochs) - 1
+    last_epoch = int(config.trainer.max_epochs)  # reports count epochs from 1
     with reporting_to_tune(last_epoch=last_epoch, output_dir=output_dir) as reporter:
         job = run_job(
             hydra_context=context.hydra_context,
