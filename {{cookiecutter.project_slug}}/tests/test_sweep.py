@@ -72,6 +72,22 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
         assert len(events.Scalars("val_loss")) >= 1
     assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "4"
+    # The console: what starts, a line per trial result, where the results are. Tune's boxes and
+    # "Trial ... completed" (for a stopped trial too), Ray's notices at INFO and the trials' own
+    # summaries stay off it (the last in each trial's train.log).
+    lines = re.findall(r"trial (\d+) epoch (\d+)/4 \| train_acc", console)
+    assert sorted(lines) == sorted(
+        (row["trial"], str(report["epoch"]))
+        for row in rows
+        for report in reports(sweep_dir, row["trial"])
+    )
+    for row in hopeless:
+        assert f"trial {row['trial']} stopped after 1 of 4 epochs" in console
+    for notice in ("completed after", "Configuration for experiment", "Token authentication"):
+        assert notice not in console, notice
+    assert not re.search(r"\bINFO \S+\.py:\d+ --", console), console[-3000:]
+    assert "Summary written to" not in console
+    assert "Summary written to" in (sweep_dir / rows[0]["trial"] / "train.log").read_text()
     # A trial that ran to its last epoch wrote its summary; one stopped early did not. Every
     # place counts epochs completed alike: trials.csv, Tune's reports, result.json, TensorBoard.
     for row in rows:

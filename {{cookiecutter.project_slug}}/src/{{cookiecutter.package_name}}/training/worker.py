@@ -83,7 +83,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     if os.path.isdir(cfg.launch_dir):  # not on another machine of a cluster
         os.chdir(cfg.launch_dir)
     quiet_lightning()
-    logs.quiet_ray_console()  # Ray Train's per-report notices, in a worker group
+    logs.quiet_ray_console()  # Ray Data's notices
+    if cfg.get("local_run_dir") is None:
+        logs.quiet_train_worker_reports()
     threads = cfg.scaling.get("threads_per_worker")
     if not threads and cfg.get("local_run_dir") is not None:
         # In one process, as many torch threads as a worker would get: its reserved CPUs (Ray

@@ -38,6 +38,10 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # and that file (SweepMonitor) rather than the whole traceback (TUNE_PRINT_ALL_TRIAL_ERRORS=1
 # prints those too, as Tune does by default).
 os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+# Tune's console output: SweepMonitor prints a line per trial start, result and end instead.
+# Tune's current output engine prints its experiment box and "Trial ... completed" (also for a
+# trial a scheduler stopped) at any verbosity; its legacy engine, at verbose=0, prints nothing.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 EXPERIMENT_NAME = "tune"
 
@@ -371,6 +375,6 @@ def make_tuner(
                 num_to_keep=search.get("checkpoints_per_trial")
             ),
             failure_config=tune.FailureConfig(max_failures=int(search.get("trial_retries", 0))),
-            verbose=0,  # SweepMonitor prints a line per trial result instead
+            verbose=0,  # with RAY_AIR_NEW_OUTPUT=0: SweepMonitor's lines alone
         ),
     )
