@@ -38,7 +38,7 @@ def wait_for_checkpoints(run_dir: Path, count: int, proc: subprocess.Popen) -> N
             return
         try:
             latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
-            if latest and latest["metrics"]["epoch"] >= count - 1:
+            if latest and latest["metrics"]["epoch"] >= count:
                 return
         except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
             pass
@@ -102,7 +102,7 @@ def test_killed_worker_restarts_from_the_latest_checkpoint(
     assert proc.returncode == 0, output[-4000:]
 
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["metrics"]["epoch"] == 4  # all 5 epochs, counted from 0
+    assert result["metrics"]["epoch"] == 5  # all 5 epochs
     # Restarted from a checkpoint, not from scratch: the first epoch was trained once. (Epochs
     # after the last registered checkpoint are trained again: that is what a restart costs.)
     steps = val_loss_steps(tmp_path)
@@ -127,7 +127,7 @@ def test_interrupted_run_resumes_in_the_same_folder(ray_address: str, tmp_path: 
     again = run_train(*shlex.split(command), ray_address=ray_address)
     assert again.returncode == 0, failure(again)
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["metrics"]["epoch"] == epochs - 1
+    assert result["metrics"]["epoch"] == epochs
     steps = val_loss_steps(tmp_path)  # TensorBoard continues the same run
     assert len(set(steps)) == epochs and steps.count(min(steps)) == 1, steps
 

@@ -39,7 +39,7 @@ def test_make_submit_runs_train_py_on_the_cluster(ray_address: str, tmp_path: Pa
     assert proc.returncode == 0, output[-3000:]
     assert "succeeded" in output
     result = json.loads((tmp_path / "result.json").read_text())  # written by the job's train.py
-    assert result["metrics"]["epoch"] == 0
+    assert result["metrics"]["epoch"] == 1
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

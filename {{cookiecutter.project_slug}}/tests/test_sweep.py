@@ -43,11 +43,13 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         "search.max_concurrent_trials=1",
         "trainer.max_epochs=4",
         *SMALL,
+        "data.test_fraction=0.2",
         "optimizer.lr=0.03,1e-7,0.01,1e-6",
         ray_address=ray_address,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, failure(proc)
+    console = proc.stdout + proc.stderr
     [sweep_dir] = tmp_path.glob("*/sweeps/*/*")
     # Stopping trials, the last one too, is routine: no tracebacks, no warnings about settings.
     assert "Traceback" not in proc.stderr
@@ -65,11 +67,32 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
         assert len(events.Scalars("val_loss")) >= 1
     assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "4"
-    # A trial that ran to its last epoch wrote its summary; one stopped early did not.
+    # The console: what starts, a line per trial result, where the results are. Tune's boxes and
+    # "Trial ... completed" (for a stopped trial too), Ray's notices at INFO and the trials' own
+    # summaries stay off it (the last in each trial's train.log).
+    lines = re.findall(r"trial (\d+) epoch (\d+)/4 \| train_acc", console)
+    assert sorted(lines) == sorted(
+        (row["trial"], str(report["epoch"]))
+        for row in rows
+        for report in reports(sweep_dir, row["trial"])
+    )
+    for row in hopeless:
+        assert f"trial {row['trial']} stopped after 1 of 4 epochs" in console
+    for notice in ("completed after", "Configuration for experiment", "Token authentication"):
+        assert notice not in console, notice
+    assert not re.search(r"\bINFO \S+\.py:\d+ --", console), console[-3000:]
+    assert "Summary written to" not in console
+    assert "Summary written to" in (sweep_dir / rows[0]["trial"] / "train.log").read_text()
+    # A trial that ran to its last epoch wrote its summary; one stopped early did not. Every
+    # place counts epochs completed alike: trials.csv, Tune's reports, result.json, TensorBoard.
     for row in rows:
         summary = sweep_dir / row["trial"] / "result.json"
+        epochs = [report["epoch"] for report in reports(sweep_dir, row["trial"])]
+        assert epochs == list(range(1, int(row["epochs"]) + 1))
         if row["status"] == "completed":
-            assert json.loads(summary.read_text())["metrics"]["epoch"] == 3
+            assert json.loads(summary.read_text())["metrics"]["epoch"] == 4
+            events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
+            assert [event.value for event in events.Scalars("epoch")][-1] == 4
         else:
             assert not summary.exists()
     # max_concurrent_trials=1: each trial starts after the one before has sent its last report.
@@ -86,13 +109,37 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
     assert results["best_params"] == {"optimizer.lr": float(best["optimizer.lr"])}
     # The command printed for the best trial keeps the sweep's fixed overrides (not its search
     # or Hydra settings), so it composes the configuration the trial trained with.
-    rerun = " ".join(["trainer.max_epochs=4", *SMALL, f"optimizer.lr={best['optimizer.lr']}"])
+    fixed = ["trainer.max_epochs=4", *SMALL, "data.test_fraction=0.2"]
+    rerun = " ".join([*fixed, f"optimizer.lr={best['optimizer.lr']}"])
     assert results["best_overrides"] == rerun
-    assert f"python train.py {rerun}" in proc.stdout + proc.stderr
+    assert f"python train.py {rerun}" in console
     trained = OmegaConf.load(sweep_dir / best["trial"] / ".hydra" / "config.yaml")
     again = compose_config(*rerun.split())
     for group in ("model", "data", "optimizer", "trainer", "checkpoint", "seed"):
         assert again[group] == trained[group], group
+
+    # Chosen by the validation metric above (not by these), the best trial's best checkpoint
+    # met the held-out rows once: in the sweep's summary, on the console, in the trial's
+    # result.json and TensorBoard; no other trial was evaluated.
+    tested = results["best_test_metrics"]
+    assert sorted(tested) == ["test_acc", "test_loss"]
+    assert results["best_trial"] == int(best["trial"])
+    assert 0.0 < tested["test_acc"] <= 1.0
+    best_summary = json.loads((sweep_dir / best["trial"] / "result.json").read_text())
+    assert best_summary["test_metrics"] == tested
+    assert f"its best checkpoint on the test split: test_acc {tested['test_acc']:.4g}" in console
+    for row in rows:
+        events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
+        assert ("test_acc" in events.Tags()["scalars"]) == (row is best), row["trial"]
+    # The checkpoint tested is the one the trial's result.json names as its best: the test row
+    # carries the epochs that checkpoint trained.
+    events = EventAccumulator(str(sweep_dir / best["trial"] / "tensorboard")).Reload()
+    [test_acc] = events.Scalars("test_acc")
+    assert test_acc.value == pytest.approx(tested["test_acc"])
+    tested_epochs = [
+        event.value for event in events.Scalars("epoch") if event.step == test_acc.step
+    ]
+    assert tested_epochs == [best_summary["best_checkpoint_metrics"]["epoch"]]
 
     # Every trial is a Hydra job with its own folder, config and TensorBoard logs, where the
     # HParams tab compares the trials: each lists its learning rate and how far it got.
@@ -141,7 +188,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     assert len(events.Scalars("val_loss")) >= 1  # its epoch reached TensorBoard
     # The trial that ran to the end wrote its summary, as a single run does.
     summary = json.loads((tmp_path / "0" / "result.json").read_text())
-    assert summary["metrics"]["epoch"] == 99
+    assert summary["metrics"]["epoch"] == 100
     assert len({reports(tmp_path, row["trial"])[0]["pid"] for row in rows}) == 1
     # Each trial's worker group kept its Ray Train run in its own folder of the shared storage
     # path: none started from the first trial's run of the same name.
@@ -185,11 +232,11 @@ def test_pbt_hands_the_good_trials_checkpoint_to_the_hopeless_one(
     assert accuracy[0] < 0.3 and accuracy[-1] > 0.8, accuracy
     assert float(rows[target]["best"]) < 1.0
     summary = json.loads((tmp_path / str(target) / "result.json").read_text())
-    assert summary["metrics"]["epoch"] == 3 and summary["metrics"]["val_acc"] > 0.8
+    assert summary["metrics"]["epoch"] == 4 and summary["metrics"]["val_acc"] > 0.8
     # PBT pauses both trials once more after their last epoch: their runs still finish.
     for number in rows:
         summary = json.loads((tmp_path / str(number) / "result.json").read_text())
-        assert summary["metrics"]["epoch"] == 3
+        assert summary["metrics"]["epoch"] == 4
 
 
 def test_the_default_pbt_sweep_clones_checkpoints_that_are_still_there(
@@ -272,9 +319,9 @@ def test_interrupted_sweep_resumes_and_keeps_finished_trials(
         # Every epoch trained once, by this trial: the interrupted one went on from its own
         # checkpoint of epoch 2, none from another trial's (which would leave nothing to train).
         epochs = [report["epoch"] for report in reports(sweep_dir, str(number))]
-        assert sorted(set(epochs)) == list(range(6)) and epochs.count(0) == 1, (number, epochs)
+        assert sorted(set(epochs)) == list(range(1, 7)) and epochs.count(1) == 1, (number, epochs)
         summary = json.loads((sweep_dir / str(number) / "result.json").read_text())
-        assert summary["metrics"]["epoch"] == 5
+        assert summary["metrics"]["epoch"] == 6
         own = bucket / str(number)
         assert Path(summary["storage_path"]).parent == own, summary
         assert Path(summary["best_checkpoint"]).is_relative_to(own), summary

@@ -25,7 +25,8 @@ from {{ cookiecutter.package_name }}.tuning.trial import TrialNumbers, job_numbe
 
 def summaries(tmp_path: Path) -> tuple[list[TrialSummary], dict[int, pd.DataFrame]]:
     def row(trial, status, finals, **params):
-        history = pd.DataFrame({"epoch": range(len(finals)), "val_loss": finals})
+        # Reports count epochs completed: 1 after the first.
+        history = pd.DataFrame({"epoch": range(1, len(finals) + 1), "val_loss": finals})
         summary = TrialSummary(
             trial=trial,
             status=status,
@@ -140,7 +141,7 @@ def test_trial_numbers_survive_tunes_copies_and_resume(tmp_path: Path) -> None:
 
 def tune_result(tmp_path: Path, number: int, losses: list[float]) -> SimpleNamespace:
     """What Tune's ResultGrid holds for a trial: its folder and its recorded history."""
-    history = pd.DataFrame({"epoch": range(len(losses)), "val_loss": losses})
+    history = pd.DataFrame({"epoch": range(1, len(losses) + 1), "val_loss": losses})
     return SimpleNamespace(
         path=str(tmp_path / "tune" / f"trial_{number}"),
         metrics_dataframe=history,
@@ -156,7 +157,7 @@ def test_trial_histories_take_the_longer_record_and_pbt_trials_are_not_stopped(
     grid = [tune_result(tmp_path, 0, [2.0, 1.0]), tune_result(tmp_path, 1, [2.0, 1.5])]
     # The driver saw all 4 of trial 0's epochs; Tune's copy kept 2 (a restore put back an older
     # one). Trial 1 ended after 2 epochs of its own.
-    seen = {0: [{"epoch": e, "val_loss": v} for e, v in enumerate([2.0, 1.0, 0.5, 0.25])]}
+    seen = {0: [{"epoch": e, "val_loss": v} for e, v in enumerate([2.0, 1.0, 0.5, 0.25], 1)]}
     args = (grid, "val_loss", "min", 4, tmp_path)
     rows, histories = summarize_trials(*args, seen=seen)
     assert (rows[0].status, rows[0].epochs, rows[0].final) == ("completed", 4, 0.25)

@@ -240,7 +240,7 @@ def test_own_lightning_module_hands_its_checkpoint_over_in_pbt_and_is_batch_pred
     assert first[4]["model.lr"] == 0.03 and first[5]["model.lr"] == 0.03
     target = int(first[0].split("_")[0])
     summary = result(tmp_path / str(target))
-    assert summary["metrics"]["epoch"] == 3 and summary["metrics"]["val_acc"] > 0.8
+    assert summary["metrics"]["epoch"] == 4 and summary["metrics"]["val_acc"] > 0.8
 
     # Batch-predicted from its trial folder, on the data it was swept on.
     run_dir = tmp_path / str(target)
@@ -278,7 +278,7 @@ def test_own_module_with_a_datamodule_shards_over_two_workers_and_resumes(
     )
     assert again.returncode == 0, failure(again)
     metrics = result(run_dir)["metrics"]
-    assert metrics["epoch"] == 2 and metrics["step"] == 3 * 12  # one more epoch, not three
+    assert metrics["epoch"] == 3 and metrics["step"] == 3 * 12  # one more epoch, not three
 
     # Served from its checkpoint: the input shape came from the DataModule's first batch.
     model = load(run_dir)

@@ -4,6 +4,7 @@ here with the tracker's own files or client; one that cannot work stops train.py
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -113,7 +114,7 @@ def test_csv_and_offline_wandb_get_settings_and_epochs_with_bf16_and_a_profile(
     )
     assert proc.returncode == 0, failure(proc)
     run = tmp_path / "run"
-    assert json.loads((run / "result.json").read_text())["metrics"]["epoch"] == 1
+    assert json.loads((run / "result.json").read_text())["metrics"]["epoch"] == 2
 
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     val_loss = [float(row["val_loss"]) for row in rows if row["val_loss"]]
@@ -131,7 +132,8 @@ def test_csv_and_offline_wandb_get_settings_and_epochs_with_bf16_and_a_profile(
         for record in records
         if record.HasField("history")
     ]
-    assert [row["epoch"] for row in history if "val_loss" in row] == ["0", "1"]
+    # Epochs completed, as in result.json and on the console.
+    assert [json.loads(row["epoch"]) for row in history if "val_loss" in row] == [1, 2]
     (run_record,) = [record.run for record in records if record.HasField("run")]
     assert run_record.display_name == "run"  # the run's folder (outside the results folder)
     assert kinds[-1] == "exit" and records[-1].exit.exit_code == 0
@@ -179,6 +181,7 @@ def test_mlflow_server_gets_settings_epochs_and_a_finished_run_from_a_worker_gro
             cwd=tmp_path,
         )
         assert proc.returncode == 0, failure(proc)
+        console_of_a_worker_group(proc.stdout + proc.stderr)
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("{{ cookiecutter.package_name }}")
         (run,) = client.search_runs([experiment.experiment_id])
@@ -202,6 +205,24 @@ def test_mlflow_server_gets_settings_epochs_and_a_finished_run_from_a_worker_gro
     hparams, _ = tensorboard_hparams(tmp_path / "results" / "runs" / "first" / "tensorboard")
     assert hparams["optimizer.lr"] == 0.003
     assert (tmp_path / "results" / "runs" / "first" / "csv" / "metrics.csv").is_file()
+
+
+def console_of_a_worker_group(console: str) -> None:
+    """What a 2-epoch run of a worker group prints: what starts, one line per epoch, where the
+    results are. Ray Train's notices (the group starting, each report, each checkpoint) stay in
+    its log files, and Lightning's start-up notices off."""
+    epochs = [line.split(" | ")[0][-10:] for line in console.splitlines() if " epoch " in line]
+    assert epochs == [" epoch 1/2", " epoch 2/2"], console[-3000:]
+    for notice in (
+        "Started training worker group",
+        "Reporting training result",
+        "Setting up process group",
+        "Checkpoint successfully created",
+        "GPU available",
+    ):
+        assert notice not in console, notice
+    assert not re.search(r"\bINFO \S+\.py:\d+ --", console), console[-3000:]
+    assert "TensorBoard: tensorboard --logdir" in console
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     result = json.loads((run_dir / "result.json").read_text())
     # what the metric settings may name
     assert sorted(result["metrics"]) == sorted(Classification.reported_metrics())
-    assert result["metrics"]["epoch"] == 1
+    assert result["metrics"]["epoch"] == 2  # epochs completed, as on the console
     assert 0.0 < result["metrics"]["val_acc"] <= 1.0
     assert result["storage_path"] == str(run_dir / "ray_train")
     best = Path(result["best_checkpoint"])
@@ -68,6 +68,10 @@ def test_train_py_writes_metrics_checkpoint_tensorboard_and_result(
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     val_loss = events.Scalars("val_loss")
     assert [event.step for event in val_loss] and len(val_loss) == 2
+    # Epochs completed, counted alike on the console (above), in result.json, in the names of
+    # the checkpoint folders and in TensorBoard's `epoch`.
+    assert best.name == f"checkpoint_epoch_{result['best_checkpoint_metrics']['epoch']:04d}"
+    assert sorted({event.value for event in events.Scalars("epoch")}) == [1.0, 2.0]
     # TensorBoard's HParams tab lists the run's settings beside its real metrics, and no
     # "hp_metric" placeholder.
     hyperparameters, metrics = tensorboard_hparams(run_dir / "tensorboard")
@@ -117,7 +121,7 @@ def test_two_workers_train_on_disjoint_shards_and_keep_equal_weights(
 
     # The results as a one-worker run has them.
     result = json.loads((run_dir / "result.json").read_text())
-    assert result["metrics"]["epoch"] == 1 and 0.5 < result["metrics"]["val_acc"] <= 1.0
+    assert result["metrics"]["epoch"] == 2 and 0.5 < result["metrics"]["val_acc"] <= 1.0
     # About 1,430 training rows in batches of 64: 12 steps an epoch on each of two workers.
     assert result["metrics"]["step"] == 2 * 12, result["metrics"]
     assert result["storage_path"] == str(run_dir / "ray_train")
@@ -155,7 +159,7 @@ def test_relative_paths_mean_the_folder_train_py_runs_from(
         cwd=tmp_path,
     )
     assert proc.returncode == 0, failure(proc)
-    assert json.loads((tmp_path / "second" / "result.json").read_text())["metrics"]["epoch"] == 1
+    assert json.loads((tmp_path / "second" / "result.json").read_text())["metrics"]["epoch"] == 2
     events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
     assert len(events.Scalars("val_loss")) == 1  # only the epoch left to train
 
@@ -177,8 +181,9 @@ def test_early_stopping_ends_the_run_and_checkpoints_its_last_epoch(
     )
     assert proc.returncode == 0, failure(proc)
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["metrics"]["epoch"] == 1
+    assert result["metrics"]["epoch"] == 2
     assert result["best_checkpoint"] is not None
+    # Lightning's own counter in its checkpoint file counts from 0.
     assert torch.load(Path(result["best_checkpoint"]) / "checkpoint.ckpt")["epoch"] == 1
 
 

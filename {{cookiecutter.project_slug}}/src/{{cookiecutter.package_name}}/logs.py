@@ -39,7 +39,33 @@ def quiet_ray_console() -> None:
     for name in FILE_ONLY_LOGGERS:
         logger = logging.getLogger(name)
         logger.propagate = False
-        _add(logger, files)
+        # Without a log file (a sweep's driver) nowhere, not Python's last-resort handler.
+        _add(logger, [*files, _NOWHERE])
+
+
+def quiet_train_worker_reports() -> None:
+    """In a Ray Train worker: its "Reporting training result N: TrainingReport(...)" line, one
+    per epoch, to Ray Train's log file of the worker only.
+
+    Ray Train 2.60 logs it under a logger named after its module's file path, not under
+    `ray.train`, so the run's LoggingConfig (training/run.py) does not reach it: it goes up to
+    the worker's root logger, whose handlers Ray Train set up, a file and the console.
+    """
+    from ray.train.v2._internal.execution import context  # noqa: PLC0415
+
+    logger = logging.getLogger(context.__file__)
+    logger.propagate = False
+    _add(logger, [h for h in logging.getLogger().handlers if not _is_console(h)])
+
+
+def trial_console() -> None:
+    """In a sweep's trial: its own INFO lines (its summary, where its results are) to its
+    train.log only, its warnings and errors to the sweep's console as well, which has a line
+    per trial result already (tuning/sweep.py SweepMonitor). Hydra has set up the trial's
+    logging; its next trial in this process sets it up anew."""
+    for handler in logging.getLogger().handlers:
+        if _is_console(handler):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 def progress_logger() -> logging.Logger:
@@ -56,6 +82,7 @@ def progress_logger() -> logging.Logger:
 
 
 _ray_files: dict[str, logging.Handler] = {}
+_NOWHERE = logging.NullHandler()
 
 
 def _ray_file_handlers() -> list[logging.Handler]:

@@ -112,6 +112,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         batch_format="pandas",
         num_cpus=settings.cpus_per_actor,
         num_gpus=settings.gpus_per_actor,
+        max_restarts=settings.max_restarts,  # configs/predict/batch.yaml says why 0
     )
     scored.write_parquet(output)
     summary = {"checkpoint": checkpoint_file, "output": output}

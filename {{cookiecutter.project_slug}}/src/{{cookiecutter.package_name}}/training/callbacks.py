@@ -23,6 +23,44 @@ from .loggers import log_settings
 log = logging.getLogger(__name__)
 
 
+def epochs_completed(trainer: L.Trainer) -> int:
+    """How many epochs the run has trained once the current one ends: 1 after the first.
+
+    Every place a researcher reads an epoch counts this way: the per-epoch reports (result.json,
+    a sweep's trials.csv and plot), the console lines, checkpoint folders and the trackers'
+    `epoch` (EpochCount). Lightning's `current_epoch` counts from 0.
+    """
+    return trainer.current_epoch + 1
+
+
+class EpochCount(L.Callback):
+    """Log `epoch` as epochs completed (epochs_completed) with each epoch's metrics, in place of
+    Lightning's own 0-based `current_epoch`, which it adds only where a row has no `epoch`.
+
+    `tested`: the epochs the checkpoint under test has trained, logged with the test metrics
+    (a test restores the weights only, and Lightning's counter stands at 0 there).
+    """
+
+    def __init__(self, tested: int | None = None) -> None:
+        self.tested = tested
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log(pl_module, epochs_completed(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(pl_module, epochs_completed(trainer))
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.tested is not None:
+            self._log(pl_module, self.tested)
+
+    @staticmethod
+    def _log(pl_module: L.LightningModule, epochs: int) -> None:
+        # The same number on every rank: syncing it keeps Lightning from asking for sync_dist.
+        pl_module.log("epoch", float(epochs), on_step=False, on_epoch=True, sync_dist=True)
+
+
 class RayTrainReports:
     """Where a worker of a Ray Train worker group reports: Ray Train, which keeps the
     checkpoints by the run's CheckpointConfig (rank 0's copy) and forwards them to a sweep."""
@@ -94,7 +132,7 @@ class RayReportCallback(L.Callback):
         self.warned = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
+        epoch = epochs_completed(trainer)
         metrics = {name: value.item() for name, value in trainer.callback_metrics.items()}
         metrics["epoch"] = epoch
         metrics["step"] = trainer.global_step
@@ -110,12 +148,12 @@ class RayReportCallback(L.Callback):
             metrics[self.metric] = self.placeholder
         # The run's last epoch: max_epochs reached, or a callback (EarlyStopping) stops it now.
         last = trainer.should_stop or (
-            trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+            trainer.max_epochs is not None and epoch >= trainer.max_epochs
         )
         for logger in trainer.loggers:
             # To disk now: a sweep may stop this run (ending its process) after this report.
             logger.save()
-        checkpoint = last or (epoch + 1) % self.every_n_epochs == 0
+        checkpoint = last or epoch % self.every_n_epochs == 0
         self.reports.report(trainer, metrics, checkpoint)
 
 
@@ -250,8 +288,9 @@ class EpochLine(L.Callback):
             return
         seconds = time.monotonic() - self.started
         self.epoch_times.append(seconds)
-        done, total = trainer.current_epoch + 1, trainer.max_epochs
-        metrics = {name: value.item() for name, value in trainer.callback_metrics.items()}
+        done, total = epochs_completed(trainer), trainer.max_epochs
+        logged = trainer.callback_metrics.items()
+        metrics = {name: value.item() for name, value in logged if name != "epoch"}
         parts = [f"epoch {done}/{total}" if total and total > 0 else f"epoch {done}"]
         groups: dict[str, list[str]] = {"train_": [], "val_": [], "": []}
         for name, value in sorted(metrics.items()):

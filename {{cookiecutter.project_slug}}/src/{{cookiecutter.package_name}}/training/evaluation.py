@@ -18,8 +18,10 @@ from omegaconf import DictConfig
 
 from ..checkpoints import CHECKPOINT_FILE
 from ..data.pipeline import PreparedData
+from .callbacks import EpochCount
 from .loggers import tensorboard_logger
-from .worker import build_module
+from .run import trained_epochs
+from .worker import build_module, quiet_lightning
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,13 @@ class DatasetBatches:
 def evaluate_test_split(cfg: DictConfig, data: PreparedData, checkpoint_dir: str) -> dict[str, Any]:
     """The metrics of the checkpoint in `checkpoint_dir` on `data.test`, also written to the
     run's TensorBoard, if it has one. Empty, with a warning, if the model has no `test_step`."""
+    quiet_lightning()  # in a worker group's or a sweep's driver, Lightning's first Trainer here
     model, _ = build_module(cfg, data.task, data.input_shape)
+    checkpoint_file = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
+        callbacks=[EpochCount(tested=trained_epochs(checkpoint_file))],
         logger=tensorboard_logger(cfg),
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -52,10 +57,11 @@ def evaluate_test_split(cfg: DictConfig, data: PreparedData, checkpoint_dir: str
         results = trainer.test(
             model,
             dataloaders=DatasetBatches(data.test, cfg.data.batch_size),
-            ckpt_path=os.path.join(checkpoint_dir, CHECKPOINT_FILE),
+            ckpt_path=checkpoint_file,
             verbose=False,
         )
     except MisconfigurationException as error:
         log.warning("The test split was not evaluated: %s", error)
         return {}
-    return {name: float(value) for name, value in (results[0] if results else {}).items()}
+    metrics = results[0] if results else {}
+    return {name: float(value) for name, value in metrics.items() if name != "epoch"}

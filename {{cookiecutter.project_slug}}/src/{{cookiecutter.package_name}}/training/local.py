@@ -44,7 +44,7 @@ class CheckpointFolder:
     def save(self, metrics: dict[str, Any], write: Callable[[str], None]) -> str:
         """Write a checkpoint of the epoch `metrics` describe with `write(file path)`, keep it
         and prune by the policy; returns its folder."""
-        epochs = int(metrics["epoch"]) + 1
+        epochs = int(metrics["epoch"])
         final = self.run_dir / f"{PREFIX}{epochs:04d}"
         partial = self.run_dir / f"{PARTIAL}{final.name}"
         shutil.rmtree(partial, ignore_errors=True)

@@ -13,10 +13,17 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
-from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    Result,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
-from .. import teardown
+from .. import logs, teardown
 from ..checkpoints import RESULT_FILE, CheckpointError, is_placeholder
 from ..config import ConfigError, first_line, validate
 from ..data import build_source, prepare_reusing
@@ -63,6 +70,10 @@ def run_config(cfg: DictConfig, callbacks: list | None = None) -> RunConfig:
         ),
         failure_config=FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
         callbacks=[teardown.QuietConsole(), *(callbacks or [])],
+        # Ray Train's own notices (the worker group starting, each report, each checkpoint) to
+        # the console and its application logs only from WARNING; its system log files
+        # (/tmp/ray/session_*/logs/train/ray-train-sys-*.log) keep every level.
+        logging_config=LoggingConfig(log_level="WARNING"),
     )
 
 
@@ -126,7 +137,7 @@ def build_trainer(
     cfg: DictConfig, callbacks: list | None = None, epoch_lines: bool = True
 ) -> TorchTrainer:
     """A TorchTrainer for `cfg`, checked against the cluster it will run on. `epoch_lines`:
-    print a line per epoch (a sweep's trials do not: Tune's table shows them)."""
+    print a line per epoch (a sweep's trials do not: the sweep prints a line per result)."""
     validate(cfg)
     check_trackers(cfg)  # a tracker's server that does not answer: stop before Ray starts
     if cfg.get("resume_from"):
@@ -253,6 +264,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (`scaling=local`, where TorchTrainer runs the loop in this process).
     """
     tune_reporter = reporting.active()
+    if tune_reporter is not None:
+        logs.trial_console()
     local = is_local(cfg)
     if tune_reporter is not None and not local:
         trainer = build_trainer(cfg, callbacks=tune_reporter.callbacks, epoch_lines=False)

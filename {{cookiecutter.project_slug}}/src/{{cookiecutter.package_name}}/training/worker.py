@@ -29,6 +29,7 @@ from ..tasks import Task, load_task
 from ..tasks.module import TaskModule
 from . import tracker_env
 from .callbacks import (
+    EpochCount,
     EpochLine,
     HyperparametersToTensorBoard,
     KeepConfiguredOptimizerSettings,
@@ -84,9 +85,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     # file your model reads) mean here what they mean to train.py, as in a plain script.
     if os.path.isdir(cfg.launch_dir):  # not on another machine of a cluster
         os.chdir(cfg.launch_dir)
-    # Lightning's start-up notices, once per worker, drown the run's own log.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logs.quiet_ray_console()  # Ray Train's per-report notices, in a worker group
+    quiet_lightning()
+    logs.quiet_ray_console()  # Ray Data's notices
+    if cfg.get("local_run_dir") is None:
+        logs.quiet_train_worker_reports()
     threads = cfg.scaling.get("threads_per_worker")
     if not threads and cfg.get("local_run_dir") is not None:
         # In one process, as many torch threads as a worker would get: its reserved CPUs (Ray
@@ -127,6 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             RayReportCallback(
                 cfg.checkpoint.every_n_epochs, cfg.checkpoint.metric, cfg.checkpoint.mode, reports
             ),
+            EpochCount(),
             SaveProjectState(state),
             KeepConfiguredOptimizerSettings(),
             HyperparametersToTensorBoard(hyperparameters(cfg), _shown_metrics(cfg, task, kind)),
@@ -218,17 +221,23 @@ def _shown_metrics(cfg: DictConfig, task: Task, kind: str) -> tuple[str, ...]:
     return (cfg.checkpoint.metric, "epoch")
 
 
-def _quiet_false_alarms(world_size: int) -> None:
-    """Silence messages that say nothing about the run: three warnings every run printed, and
-    on the console, the errors of a worker caught mid-report by its run's teardown."""
-    teardown.quiet_console()
-    hide_progress_notice()  # Ray Train brought the driver's Ray Data options, bars off
+def quiet_lightning() -> None:
+    """Lightning's start-up notices (once per Trainer: devices, a tip) to warnings only, and
+    a deprecation warning every fit printed: in a worker, and in the driver's test evaluation."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     # Lightning 2.6 still builds torch's LeafSpec, which recent torch deprecates, in every fit.
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
     )
+
+
+def _quiet_false_alarms(world_size: int) -> None:
+    """Silence messages that say nothing about the run: warnings every run printed, and on the
+    console, the errors of a worker caught mid-report by its run's teardown."""
+    teardown.quiet_console()
+    hide_progress_notice()  # Ray Train brought the driver's Ray Data options, bars off
     if world_size == 1:
         # Ray Train sets up a process group even for one worker, so Lightning takes the
         # one-device run for a distributed one and asks for the sync_dist=True it already has.

@@ -81,7 +81,7 @@ class TrialReporter:
 
     def __init__(self, last_epoch: int, **extra: Any) -> None:
         self.run_id = uuid.uuid4().hex
-        self.last_epoch = last_epoch  # the run's final epoch (0-based)
+        self.last_epoch = last_epoch  # the run's final epoch (its epochs: reports count from 1)
         self.extra = extra  # added to every report, e.g. the trial's output folder
         self.held_back: tuple[dict, str | None] | None = None  # the last epoch's report
 
@@ -180,7 +180,8 @@ def active() -> TrialReporter | None:
 @contextmanager
 def reporting_to_tune(last_epoch: int, **extra: Any):
     """Within this block, training runs report to the current Tune trial; `last_epoch` is the
-    run's final epoch (0-based) and `extra` is added to every report."""
+    run's final epoch (trainer.max_epochs: reports count epochs from 1) and `extra` is added to
+    every report."""
     global _active
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(THREAD_TIMEOUT_S)))
     _active = TrialReporter(last_epoch, **extra)

@@ -34,7 +34,7 @@ class TrialSummary:
     status: str  # one of STATUSES
     final: float | None  # the metric at the last reported epoch
     best: float | None  # the best value of the metric over the trial's epochs
-    epochs: int  # epochs reported to Tune
+    epochs: int  # epochs trained (the highest `epoch` reported to Tune)
     output_dir: str
     error: str = ""
     log: str = ""
@@ -88,9 +88,10 @@ def summarize_trials(
         values = history[metric].dropna() if metric in history else pd.Series(dtype=float)
         reported_dir = history["output_dir"].dropna() if "output_dir" in history else []
         output_dir = reported_dir.iloc[-1] if len(reported_dir) else str(sweep_dir / str(number))
-        # Epochs trained, from the epoch counter: a trial resumed from a checkpoint (after an
-        # interruption, or PBT's hand-over) reports fewer times than it has epochs.
-        epochs = int(history["epoch"].max()) + 1 if len(values) and "epoch" in history else 0
+        # Epochs trained, from the epoch counter (epochs completed): a trial resumed from a
+        # checkpoint (after an interruption, or PBT's hand-over) reports fewer times than it has
+        # epochs.
+        epochs = int(history["epoch"].max()) if len(values) and "epoch" in history else 0
         if result.error is not None:
             status = "error"
         elif number in interrupted:
@@ -138,9 +139,11 @@ def write_results(
     metric: str,
     mode: str,
     fixed: Sequence[str] = (),
+    test_metrics: Mapping[str, float] | None = None,
 ) -> TrialSummary | None:
     """Write optimization_results.yaml, trials.csv and the metric plot into `sweep_dir`
-    (`fixed`: the sweep's overrides that `best_overrides` repeats before the sampled ones)."""
+    (`fixed`: the sweep's overrides that `best_overrides` repeats before the sampled ones;
+    `test_metrics`: the best trial's on the held-out test split, evaluation.py)."""
     best = best_trial(rows, mode)
     pd.DataFrame([row.as_row() for row in rows]).to_csv(sweep_dir / TRIALS_FILE, index=False)
     results = {
@@ -152,6 +155,8 @@ def write_results(
         "best_value": best.final if best else None,
         "best_trial": best.trial if best else None,
         "best_output_dir": best.output_dir if best else None,
+        # The best trial's best checkpoint on the test split: it was chosen without these.
+        "best_test_metrics": dict(test_metrics or {}),
     }
     (sweep_dir / RESULTS_FILE).write_text(yaml.safe_dump(results, sort_keys=False))
     plot(sweep_dir / PLOT_FILE, rows, histories, metric)
@@ -176,7 +181,7 @@ def metric_figure(
         if history is None or metric not in history or history[metric].dropna().empty:
             continue
         points = history.dropna(subset=[metric])
-        epochs = points["epoch"] + 1 if "epoch" in points else range(1, len(points) + 1)
+        epochs = points["epoch"] if "epoch" in points else range(1, len(points) + 1)
         label = trial_label(row, names)
         (line,) = axes.plot(epochs, points[metric], marker=".", label=label)
         if row.status == "stopped early":
@@ -196,6 +201,30 @@ def trial_label(row: TrialSummary, names: Mapping[str, str]) -> str:
     short name of each override key, from short_names)."""
     values = ", ".join(f"{names[key]}={_short_value(value)}" for key, value in row.params.items())
     return f"{row.trial} ({row.status})" + (f": {values}" if values else "")
+
+
+def trial_values(params: Mapping[str, Any]) -> str:
+    """`lr=0.001, hidden_dim=64`: a trial's sampled values, short (trial_label)."""
+    names = short_names(list(params))
+    return ", ".join(f"{names[key]}={_short_value(value)}" for key, value in params.items())
+
+
+def result_line(
+    number: int, params: Mapping[str, Any], result: Mapping[str, Any], max_epochs: int
+) -> str:
+    """One console line per result of a trial: `trial 2 epoch 3/4 | train_loss 0.3 | val_acc
+    0.91 val_loss 0.28 | lr=0.01`."""
+    parts = [f"trial {number} epoch {result.get('epoch', '?')}/{max_epochs}"]
+    for prefix in ("train_", "val_"):
+        shown = [
+            f"{name} {value:.4g}"
+            for name, value in sorted(result.items())
+            if name.startswith(prefix) and isinstance(value, int | float)
+        ]
+        if shown:
+            parts.append(" ".join(shown))
+    values = trial_values(params)
+    return " | ".join([*parts, values] if values else parts)
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:
@@ -220,9 +249,10 @@ def format_summary(
     sweep_dir: Path,
     stopped: bool = False,
     fixed: Sequence[str] = (),
+    test_metrics: Mapping[str, float] | None = None,
 ) -> str:
     """The few lines printed when a sweep ends (`stopped`: before all its trials finished;
-    `fixed`: as for write_results)."""
+    `fixed`, `test_metrics`: as for write_results)."""
     statuses = [row.status for row in rows]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in STATUSES if s in statuses)
     lines = [
@@ -236,6 +266,9 @@ def format_summary(
         lines.append("No trial reported the metric.")
     else:
         lines.append(f"Best trial {best.trial}: {best.final:.6g} ({best.output_dir})")
+        if test_metrics:
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(test_metrics.items()))
+            lines.append(f"  its best checkpoint on the test split: {shown}")
         lines.append(f"  python train.py {best.run_overrides(fixed)}")
     lines.append(f"TensorBoard of every trial: tensorboard --logdir {sweep_dir}")
     return "\n".join(lines)

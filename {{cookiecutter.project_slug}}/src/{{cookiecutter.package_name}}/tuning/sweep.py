@@ -17,6 +17,7 @@ from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.sample import Domain
 
+from .. import logs
 from ..config import ConfigError, validate
 from ..data import build_source, prepare
 from ..data.pipeline import uses_ray_data
@@ -25,6 +26,7 @@ from ..training import cluster, tracker_env
 from ..training.loggers import check_trackers
 from ..training.run import check_model
 from . import results
+from .evaluation import evaluate_best_trial
 from .space import SearchSpace, SearchSpaceError, build
 from .trial import TrialContext, TrialNumbers, job_number, run_trial
 
@@ -37,6 +39,10 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # and that file (SweepMonitor) rather than the whole traceback (TUNE_PRINT_ALL_TRIAL_ERRORS=1
 # prints those too, as Tune does by default).
 os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+# Tune's console output: SweepMonitor prints a line per trial start, result and end instead.
+# Tune's current output engine prints its experiment box and "Trial ... completed" (also for a
+# trial a scheduler stopped) at any verbosity; its legacy engine, at verbose=0, prints nothing.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 EXPERIMENT_NAME = "tune"
 
@@ -62,22 +68,38 @@ class SweepStopped(CompactHydraException, RuntimeError):
 
 
 class SweepMonitor(tune.Callback, tune.Stopper):
-    """Follows trials as they start, finish and fail; stops the sweep after too many failures."""
+    """Follows trials as they start, report, finish and fail, a console line each (Tune's own
+    output is off: multi-line tables, and "completed" for a trial a scheduler stopped); stops
+    the sweep after too many failures."""
 
-    def __init__(self, max_failed: int) -> None:
+    def __init__(self, max_failed: int, max_epochs: int) -> None:
         self.max_failed = max_failed
+        self.max_epochs = max_epochs
         self.status: dict[int, str] = {}  # job number -> running, finished or error
         self.history: dict[int, list[dict]] = {}  # job number -> every result, as reported
+        self.progress = logs.progress_logger()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
         row = {key: value for key, value in result.items() if isinstance(value, int | float | str)}
-        self.history.setdefault(job_number(trial.custom_dirname), []).append(row)
+        number = job_number(trial.custom_dirname)
+        self.history.setdefault(number, []).append(row)
+        self.progress.info(results.result_line(number, trial.config, row, self.max_epochs))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.status[job_number(trial.custom_dirname)] = "running"
+        number = job_number(trial.custom_dirname)
+        self.status[number] = "running"
+        self.progress.info("trial %s started: %s", number, results.trial_values(trial.config))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.status[job_number(trial.custom_dirname)] = "finished"
+        number = job_number(trial.custom_dirname)
+        self.status[number] = "finished"
+        epochs = int((trial.last_result or {}).get("epoch") or 0)
+        if epochs < self.max_epochs:
+            self.progress.info(
+                "trial %s stopped after %s of %s epochs", number, epochs, self.max_epochs
+            )
+        else:
+            self.progress.info("trial %s finished its %s epochs", number, epochs)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.status[job_number(trial.custom_dirname)] = "error"
@@ -216,7 +238,7 @@ def run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context), trial_resources(config.scaling)
     )
-    monitor = SweepMonitor(int(search.max_failed_trials))
+    monitor = SweepMonitor(int(search.max_failed_trials), int(config.trainer.max_epochs))
     tuner = make_tuner(
         search, trainable, space, num_samples, scheduler, search_alg, tune_limit, monitor, sweep_dir
     )
@@ -236,10 +258,6 @@ def run_sweep(
         " ".join(space.fixed) or "nothing",
     )
     grid = tuner.fit()
-    # Ray forwards the last trials' log lines for a moment after the sweep ends, as their
-    # processes stop: leave Ray now, so that the summary is the sweep's last word.
-    ray.shutdown()
-
     rows, histories = results.summarize_trials(
         grid,
         search.metric,
@@ -250,7 +268,14 @@ def run_sweep(
         seen=monitor.history,
         early_stopping=scheduler is not None and not isinstance(scheduler, PopulationBasedTraining),
     )
-    best = results.write_results(
+    # Chosen by the search metric alone; then its best checkpoint meets the test split, once.
+    best = results.best_trial(rows, search.mode)
+    tested = evaluate_best_trial(config, hydra_context, space, best, data) if best else {}
+    # Ray forwards the last trials' log lines for a moment after the sweep ends, as their
+    # processes stop: leave Ray now, so that the summary is the sweep's last word.
+    ray.shutdown()
+
+    results.write_results(
         sweep_dir,
         config.hydra.job.name,
         rows,
@@ -258,6 +283,7 @@ def run_sweep(
         search.metric,
         search.mode,
         fixed=space.run_fixed,
+        test_metrics=tested,
     )
     unfinished = [row for row in rows if row.status in ("interrupted", "not run")]
     # Trials Tune never created: the sweep was stopped (Ctrl-C) between two trials.
@@ -265,7 +291,9 @@ def run_sweep(
     if not monitor.stop_all():
         not_created = max(0, space.num_trials(num_samples) - len(rows))
     stopped = bool(unfinished or not_created)
-    log.info("\n%s", results.format_summary(rows, best, sweep_dir, stopped, space.run_fixed))
+    log.info(
+        "\n%s", results.format_summary(rows, best, sweep_dir, stopped, space.run_fixed, tested)
+    )
     failed = [row for row in rows if row.status == "error"]
     if best is None and failed:
         raise SweepFailed(
@@ -357,6 +385,6 @@ def make_tuner(
                 num_to_keep=search.get("checkpoints_per_trial")
             ),
             failure_config=tune.FailureConfig(max_failures=int(search.get("trial_retries", 0))),
-            verbose=1,
+            verbose=0,  # with RAY_AIR_NEW_OUTPUT=0: SweepMonitor's lines alone
         ),
     )

@@ -127,7 +127,7 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     if storage != resolve_path(config.paths.storage_path):
         with open_dict(config):
             config.paths.storage_path = storage
-    last_epoch = int(config.trainer.max_epochs) - 1
+    last_epoch = int(config.trainer.max_epochs)  # reports count epochs from 1
     with reporting_to_tune(last_epoch=last_epoch, output_dir=output_dir) as reporter:
         job = run_job(
             hydra_context=context.hydra_context,
