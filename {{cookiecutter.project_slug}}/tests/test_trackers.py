@@ -269,7 +269,7 @@ def test_a_sweeps_trials_are_tracker_runs_grouped_that_end_as_their_trials_end(
         lr: client.get_metric_history(run.info.run_id, "epoch")[-1].value
         for lr, run in runs.items()
     }
-    assert last_epoch == {"0.01": 1, "1e-06": 0, "0.003": 0}
+    assert last_epoch == {"0.01": 2, "1e-06": 1, "0.003": 1}  # epochs completed
     assert sorted(run.info.run_name for run in runs.values()) == [
         "sweeps/lr/0", "sweeps/lr/1", "sweeps/lr/2"
     ]  # fmt: skip
