@@ -12,8 +12,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
-from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    ControllerError,
+    FailureConfig,
+    Result,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from .. import teardown
 from ..checkpoints import RESULT_FILE, CheckpointError, is_placeholder
@@ -28,6 +36,12 @@ from .local import CheckpointFolder
 from .loggers import check_trackers, driver_context
 
 log = logging.getLogger(__name__)
+
+# Times Ray Train starts a worker group again when it could not be placed within
+# RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s by default), on a cluster that does not add nodes
+# (ray.autoscaling=false). Ray's default, forever, left a run whose nodes were lost waiting
+# for nodes that would never come.
+GROUP_START_RETRIES = 2
 
 # Networks up to this size are also given a batch by the driver before training (check_model).
 FORWARD_CHECK_PARAMETERS = 10_000_000
@@ -60,7 +74,10 @@ def run_config(cfg: DictConfig, callbacks: list | None = None) -> RunConfig:
             checkpoint_score_attribute=cfg.checkpoint.metric,
             checkpoint_score_order=cfg.checkpoint.mode,
         ),
-        failure_config=FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
+        failure_config=FailureConfig(
+            max_failures=cfg.fault_tolerance.max_failures,
+            controller_failure_limit=-1 if cfg.ray.autoscaling else GROUP_START_RETRIES,
+        ),
         callbacks=[teardown.QuietConsole(), *(callbacks or [])],
     )
 
@@ -168,7 +185,8 @@ def build_trainer(
             run_config=run_config(cfg, callbacks),
         )
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
-    data = prepare_reusing(cfg.data, cfg.task)
+    # With restarts, no split is lost with a node: see prepare's `keep_here`.
+    data = prepare_reusing(cfg.data, cfg.task, keep_here=cfg.fault_tolerance.max_failures != 0)
     data.check_shards(max(1, cfg.scaling.num_workers))
     check_model(cfg.model, data.input_shape, data.num_outputs, forward=not cfg.scaling.use_gpu)
     loop_config["data_info"] = data.worker_info()
@@ -258,6 +276,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer = build_trainer(cfg, epoch_lines=tune_reporter is None)
         try:
             result = trainer.fit()
+        except ControllerError as error:
+            if isinstance(error.controller_failure, WorkerGroupStartupTimeoutError):
+                raise cluster.ResourceError(cluster.unplaceable(cfg.scaling)) from error
+            raise
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train aborts the run, then exits
             if tune_reporter is None:  # in a trial: Tune stopped it
                 log.warning(
