@@ -4,6 +4,7 @@ One cluster serves the module (a node takes ~10-20 s to start on 2 cores): a 1-C
 1-CPU worker nodes. The tests run in file order; the node-loss tests lose the worker nodes.
 """
 
+import csv
 import json
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def env_of(cluster: LocalCluster) -> dict[str, str]:
 
 def start(cluster: LocalCluster, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "train.py", f"ray.address={cluster.address}", *overrides],
+        [sys.executable, "train.py", *overrides, f"ray.address={cluster.address}"],
         cwd=Path(__file__).parents[1],
         env=env_of(cluster),
         stdout=subprocess.PIPE,
@@ -83,10 +84,23 @@ def wait_for_epoch(run_dir: Path, epoch: int, proc: subprocess.Popen, timeout: f
     deadline = time.monotonic() + timeout
     while latest_epoch(run_dir) < epoch:
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(
-                f"no checkpoint of epoch {epoch}:\n{proc.communicate()[0][-4000:]}"
-            )
+            raise AssertionError(f"no checkpoint of epoch {epoch}:\n{ended(proc)[-4000:]}")
         time.sleep(0.2)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """The output of a run once it has ended; a run still going after `timeout` s fails."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running after {timeout} s:\n{ended(proc)[-4000:]}") from None
+
+
+def ended(proc: subprocess.Popen) -> str:
+    """The output of a run, stopped now if it still runs (a hung run must not hang the test)."""
+    if proc.poll() is None:
+        proc.kill()
+    return proc.communicate(timeout=60)[0]
 
 
 def test_ddp_trains_across_nodes(nodes: LocalCluster, tmp_path: Path) -> None:
@@ -100,7 +114,7 @@ def test_ddp_trains_across_nodes(nodes: LocalCluster, tmp_path: Path) -> None:
         f"paths.storage_path={storage}",
         f"hydra.run.dir={run_dir}",
     )
-    output, _ = proc.communicate(timeout=500)
+    output = finish(proc, timeout=500)
     assert proc.returncode == 0, failure(subprocess.CompletedProcess([], 1, "", output))
 
     placed = workers_by_node(nodes, exclude=before)
@@ -112,6 +126,61 @@ def test_ddp_trains_across_nodes(nodes: LocalCluster, tmp_path: Path) -> None:
     assert len(val_loss_steps(run_dir)) == 3  # TensorBoard in the run folder: rank 0 only
     # One log monitor on this machine (the head's): each of rank 0's lines shows once.
     assert output.count("epoch 1/3 |") == 1, output[-4000:]
+
+
+def test_a_sweep_spreads_over_the_nodes_and_retries_the_trial_of_a_lost_node(
+    nodes: LocalCluster, tmp_path: Path
+) -> None:
+    """Three one-process trials at once, one per node; a node is lost during its trial, which
+    is retried on a node left. Runs before the node-loss tests; adds a node in its place."""
+    sweep_dir = tmp_path / "sweep"
+    proc = start(
+        nodes,
+        "-m",
+        "search=asha",
+        "search.max_concurrent_trials=3",
+        "search.trial_retries=1",
+        "search.scheduler.grace_period=6",  # no trial is stopped early: all three finish
+        "trainer.max_epochs=6",
+        *SLOW,
+        "optimizer.lr=0.01,0.003,0.001",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    deadline = time.monotonic() + 300
+    while len(trial_nodes(nodes, sweep_dir)) < 3:  # every trial has reported an epoch
+        assert proc.poll() is None and time.monotonic() < deadline, ended(proc)[-4000:]
+        time.sleep(0.5)
+    where = trial_nodes(nodes, sweep_dir)
+    assert sorted(where.values()) == ["b", "c", "head"], where  # placed on every node
+    victim = next(trial for trial, node in where.items() if node == "c")
+    nodes.kill("c")
+    nodes.start("d")  # a node in place of the lost one, for the tests after this one
+    output = finish(proc, timeout=500)
+    assert proc.returncode == 0, output[-4000:]
+
+    rows = {row["trial"]: row for row in csv.DictReader((sweep_dir / "trials.csv").open())}
+    assert all(row["status"] == "completed" and row["epochs"] == "6" for row in rows.values()), rows
+    # The lost node's trial ran again on a node left; the others ran once, where they started.
+    again = trial_nodes(nodes, sweep_dir)
+    assert again[victim] != "c", again
+    assert {t: n for t, n in again.items() if t != victim} == {
+        t: n for t, n in where.items() if t != victim
+    }
+
+
+def trial_nodes(cluster: LocalCluster, sweep_dir: Path) -> dict[str, str]:
+    """The node each trial of a sweep last reported from (Tune records the trial's pid), for
+    the trials that have reported."""
+    names = {node_id: name for name, node_id in cluster.node_ids().items()}
+    actors = list_actors(address=cluster.dashboard, detail=True, limit=10_000, timeout=30)
+    node_of_pid = {actor.pid: names.get(actor.node_id) for actor in actors}
+    where = {}
+    for path in sweep_dir.glob("tune/trial_*/result.json"):
+        lines = path.read_text().splitlines()
+        if lines:
+            pid = json.loads(lines[-1])["pid"]
+            where[path.parent.name.removeprefix("trial_")] = node_of_pid.get(pid)
+    return where
 
 
 def test_a_lost_node_costs_at_most_one_epoch(nodes: LocalCluster, tmp_path: Path) -> None:
@@ -132,7 +201,7 @@ def test_a_lost_node_costs_at_most_one_epoch(nodes: LocalCluster, tmp_path: Path
     killed = nodes.kill(victim)
     wait_for_epoch(tmp_path, lost_at_epoch + 1, proc)
     recovered = time.monotonic() - killed
-    output, _ = proc.communicate(timeout=400)
+    output = finish(proc, timeout=400)
     assert proc.returncode == 0, output[-4000:]
     print(f"node {victim} lost after epoch {lost_at_epoch}; next epoch {recovered:.0f} s later")
 
@@ -161,7 +230,7 @@ def test_too_few_nodes_left_fail_the_run_in_bounded_time(
     wait_for_epoch(tmp_path, 0, proc)
     victim = min(set(workers_by_node(nodes, exclude=before).values()) - {"head"})
     killed = nodes.kill(victim)
-    output, _ = proc.communicate(timeout=400)
+    output = finish(proc, timeout=400)
     took = time.monotonic() - killed
     print(f"node {victim} lost; the run failed {took:.0f} s later")
     assert proc.returncode != 0
