@@ -12,6 +12,7 @@ defaults, e.g. the dashboard agent's 52365) and the cluster a Ray folder of its 
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ RAY_CLI = str(Path(sys.executable).parent / "ray")
 WORKER_PORTS = 40
 # Seconds for a node to register with the cluster.
 NODE_START_TIMEOUT_S = 120
+# Seconds a node's processes get to end after SIGTERM before SIGKILL (some take 20 s and more).
+STOP_GRACE_S = 5
 # The environment of the nodes, and what a run needs to join them.
 ENV = {"RAY_AUTH_MODE": "disabled"}
 
@@ -222,7 +225,7 @@ class LocalCluster:
                 os.killpg(node.process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline and alive(started):
             time.sleep(0.2)
         for pid in alive(started):
@@ -236,7 +239,10 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
         time.sleep(0.5)
-        return alive(started)
+        left = alive(started)
+        if not left:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return left
 
 
 def alive(pids: set[int]) -> set[int]:
