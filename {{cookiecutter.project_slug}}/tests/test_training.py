@@ -259,3 +259,14 @@ def test_too_many_cpu_workers_fail_fast(ray_address: str) -> None:
     with pytest.raises(cluster.ResourceError, match=r"asks for 3 CPUs .* this cluster has 2 CPUs"):
         cluster.check_fits(cfg.scaling)
     cluster.check_fits(cfg.scaling, autoscaling=True)  # an autoscaling cluster may grow: no error
+
+
+def test_strict_spread_needs_a_node_per_worker() -> None:
+    cfg = compose_config(
+        "scaling=cpu", "scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD"
+    )
+    # One machine is one node: refused before Ray starts (check_fits_here), not left waiting.
+    with pytest.raises(cluster.ResourceError, match=r"STRICT_SPREAD .* 1 node\(s\) of this"):
+        cluster.check_fits(cfg.scaling, resources={"CPU": 4.0}, where="this machine")
+    cfg.scaling.placement_strategy = "SPREAD"
+    cluster.check_fits(cfg.scaling, resources={"CPU": 4.0}, where="this machine")

@@ -22,6 +22,7 @@ import ray.data
 import ray.train
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..tasks import Task
 from .preprocessing import InputTransform, ToExamples, fit_transform
@@ -130,9 +131,15 @@ def build_task(task_cfg: DictConfig) -> Task:
     return instantiate(task_cfg, _convert_="all")
 
 
-def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
+def prepare(data_cfg: DictConfig, task_cfg: DictConfig, keep_here: bool = False) -> PreparedData:
     """Read `data_cfg.source`, check it, split it, fit the preprocessing and the task on the
-    train split."""
+    train split.
+
+    `keep_here`: the materialized splits are made on this process's node where it has a CPU
+    (else anywhere). A node lost during training then takes none of them with it: Ray would
+    make a lost block again with the task that made it, which needs a CPU, and a worker group
+    restarted on the nodes left may hold every CPU there is (seen: the run waited forever).
+    """
     configure_context(data_cfg)
     source = build_source(data_cfg)
     task = build_task(task_cfg)
@@ -168,8 +175,9 @@ def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
             )
         transform = fit_transform(train_table, split_columns, input_shape, data_cfg.preprocess)
     to_examples = ToExamples(transform, source.label_column, task.label_dtype)
-    train = train_table.map_batches(to_examples, batch_format="numpy")
-    val = val_table.map_batches(to_examples, batch_format="numpy")
+    placed = this_node() if keep_here and data_cfg.materialize else {}
+    train = train_table.map_batches(to_examples, batch_format="numpy", **placed)
+    val = val_table.map_batches(to_examples, batch_format="numpy", **placed)
     test = None if test_table is None else test_table.map_batches(to_examples, batch_format="numpy")
     counts: tuple[int | None, int | None] = (None, None)
     if data_cfg.materialize:
@@ -182,23 +190,31 @@ def prepare(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
     return PreparedData(train, val, transform, source.label_column, task, *counts, test=test)
 
 
+def this_node() -> dict[str, Any]:
+    """Ray task options that run a task on this process's node if it has room, else anywhere."""
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+
+
 _last_prepared: tuple[str, PreparedData] | None = None
 
 
-def prepare_reusing(data_cfg: DictConfig, task_cfg: DictConfig) -> PreparedData:
+def prepare_reusing(
+    data_cfg: DictConfig, task_cfg: DictConfig, keep_here: bool = False
+) -> PreparedData:
     """`prepare`, or this process's previous result if it was for the same data config.
 
     The jobs of Hydra's basic multirun (`-m` without a search) usually share their data config;
     they then read, check, split and preprocess once. A Ray Tune sweep's trials are handed the
     sweep driver's preparation (`reuse_prepared`). Only the latest preparation is kept, so a
     sweep over data configs holds one at a time. A source file that changes while the process
-    runs is not read again.
+    runs is not read again. `keep_here`: see `prepare` (a reused preparation is kept as made).
     """
     global _last_prepared
     key = _data_key(data_cfg, task_cfg)
     if _last_prepared is None or _last_prepared[0] != key:
         _last_prepared = None  # let the previous datasets go before making new ones
-        _last_prepared = (key, prepare(data_cfg, task_cfg))
+        _last_prepared = (key, prepare(data_cfg, task_cfg, keep_here))
     else:
         configure_context(data_cfg)  # prepared in another process, or the context was changed
     return _last_prepared[1]

@@ -282,6 +282,27 @@ def check_fits(
             f"scaling={name} puts {bundle} on each worker, but no single node has that much "
             f"(largest per resource: {largest}). Lower scaling.resources_per_worker."
         )
+    room = sum(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes)
+    if scaling.get("placement_strategy") == "STRICT_SPREAD" and room < workers * copies:
+        raise ResourceError(
+            f"scaling={name} with placement_strategy=STRICT_SPREAD puts each of its {workers} "
+            f"workers on a node of its own, and {room} node(s) of {where} can hold one "
+            f"({bundle}). Use SPREAD or PACK, or fewer workers."
+        )
+
+
+def unplaceable(scaling: Mapping[str, Any]) -> str:
+    """Why a worker group of `scaling` could not be started again, on the nodes alive now."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    bundle = worker_bundle(scaling)
+    room = sum(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes)
+    return (
+        f"The {group_size(scaling)} workers of scaling={scaling.get('name', '?')} (placement "
+        f"{scaling.get('placement_strategy')}, {bundle} each) could not be placed on the "
+        f"{len(nodes)} node(s) alive now, {room} of which can hold a worker: nodes were lost and "
+        "none replaced them. Add nodes and run the same command again (it continues from the "
+        "latest checkpoint), or lower scaling.num_workers."
+    )
 
 
 def max_concurrent_groups(scaling: Mapping[str, Any]) -> int:

@@ -15,6 +15,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from ray.train import (
     CheckpointConfig,
+    ControllerError,
     FailureConfig,
     LoggingConfig,
     Result,
@@ -22,6 +23,7 @@ from ray.train import (
     ScalingConfig,
 )
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from .. import logs, teardown
 from ..checkpoints import RESULT_FILE, CheckpointError, is_placeholder
@@ -36,6 +38,12 @@ from .local import CheckpointFolder
 from .loggers import check_trackers, driver_context, end_lost_runs
 
 log = logging.getLogger(__name__)
+
+# Times Ray Train starts a worker group again when it could not be placed within
+# RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s by default), on a cluster that does not add nodes
+# (ray.autoscaling=false). Ray's default, forever, left a run whose nodes were lost waiting
+# for nodes that would never come.
+GROUP_START_RETRIES = 2
 
 # Networks up to this size are also given a batch by the driver before training (check_model).
 FORWARD_CHECK_PARAMETERS = 10_000_000
@@ -68,7 +76,10 @@ def run_config(cfg: DictConfig, callbacks: list | None = None) -> RunConfig:
             checkpoint_score_attribute=cfg.checkpoint.metric,
             checkpoint_score_order=cfg.checkpoint.mode,
         ),
-        failure_config=FailureConfig(max_failures=cfg.fault_tolerance.max_failures),
+        failure_config=FailureConfig(
+            max_failures=cfg.fault_tolerance.max_failures,
+            controller_failure_limit=-1 if cfg.ray.autoscaling else GROUP_START_RETRIES,
+        ),
         callbacks=[teardown.QuietConsole(), *(callbacks or [])],
         # Ray Train's own notices (the worker group starting, each report, each checkpoint) to
         # the console and its application logs only from WARNING; its system log files
@@ -182,7 +193,8 @@ def build_trainer(
             run_config=run_config(cfg, callbacks),
         )
     # The driver reads, splits and preprocesses once; Ray Train gives each worker its shards.
-    data = prepare_reusing(cfg.data, cfg.task)
+    # With restarts, no split is lost with a node: see prepare's `keep_here`.
+    data = prepare_reusing(cfg.data, cfg.task, keep_here=cfg.fault_tolerance.max_failures != 0)
     data.check_shards(max(1, cfg.scaling.num_workers))
     check_model(cfg.model, data.input_shape, data.num_outputs, forward=not cfg.scaling.use_gpu)
     loop_config["data_info"] = data.worker_info()
@@ -277,6 +289,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         result = fit()
     except BaseException as error:
         end_lost_runs(cfg, error)  # trackers that its workers could not end (killed)
+        if isinstance(error, ControllerError) and isinstance(
+            error.controller_failure, WorkerGroupStartupTimeoutError
+        ):
+            raise cluster.ResourceError(cluster.unplaceable(cfg.scaling)) from error
         if isinstance(error, KeyboardInterrupt | SystemExit) and tune_reporter is None:
             # Ctrl-C: Ray Train aborts the run, then exits. In a trial: Tune stopped it.
             log.warning(

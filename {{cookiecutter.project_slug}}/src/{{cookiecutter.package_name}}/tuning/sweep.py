@@ -219,7 +219,10 @@ def run_sweep(
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
     # Once here rather than in every trial (most keep the sweep's data config); a bad data
     # config also stops the sweep now, before any trial starts.
-    data = prepare(config.data, config.task) if uses_ray_data(config.data) else None
+    # Trials that are retried, or restart their workers, must find the data after a node is
+    # lost: see prepare's `keep_here`.
+    keep_here = bool(search.get("trial_retries")) or config.fault_tolerance.max_failures != 0
+    data = prepare(config.data, config.task, keep_here) if uses_ray_data(config.data) else None
     if data is not None and not space.varies("model", "data", "task"):
         # Every trial builds this network for these inputs: a mismatch stops the sweep now,
         # in one message, rather than each trial in turn with a traceback.
