@@ -246,6 +246,7 @@ class LocalCluster:
 
 
 def alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (a zombie has ended)."""
     living = set()
     for pid in pids:
         try:

@@ -16,6 +16,7 @@ import pytest
 from ray.util.state import list_actors
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from .cluster_nodes import alive
 from .conftest import failure, run_train, start_train, train_env
 
 pytestmark = pytest.mark.slow
@@ -63,17 +64,6 @@ def own_cluster(proc: subprocess.Popen) -> set[int]:
         return set()
     wanted = ("raylet", "gcs_server")
     return {child.pid for child in children if any(name in child.name() for name in wanted)}
-
-
-def alive(pids: set[int]) -> set[int]:
-    living = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                living.add(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return living
 
 
 def val_loss_steps(run_dir: Path) -> list[int]:

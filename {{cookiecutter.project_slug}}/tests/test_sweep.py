@@ -157,7 +157,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     ray_address: str, tmp_path: Path
 ) -> None:
     # One trial at a time, each worker taking both CPUs of the cluster: a good trial, a hopeless
-    # one that ASHA stops after 1 of 100 epochs, then another. Tune runs them all in one process
+    # one that ASHA stops after 1 of 30 epochs, then another. Tune runs them all in one process
     # (reuse_actors); the stopped trial's Train run must be aborted, not left training, or the
     # third trial could not get its CPUs. Nothing is sampled, so search=asha's 8 samples
     # become one trial per learning rate.
@@ -166,7 +166,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
         "search=asha",
         "search.shuffle_grid=false",
         "search.max_concurrent_trials=1",
-        "trainer.max_epochs=100",
+        "trainer.max_epochs=30",
         *SMALL,
         "scaling=cpu",  # a worker group per trial: Ray Train's, aborted when Tune stops it
         "scaling.resources_per_worker.CPU=2",
@@ -180,7 +180,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     assert "Ray Tune sweep asha: 3 trials, up to 1 at once" in proc.stdout
     rows = trials(tmp_path)
     assert [row["optimizer.lr"] for row in rows] == ["0.03", "1e-07", "0.01"]
-    assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "100"
+    assert rows[0]["status"] == "completed" and rows[0]["epochs"] == "30"
     assert rows[1]["status"] == "stopped early" and rows[1]["epochs"] == "1"
     assert rows[2]["status"] in ("completed", "stopped early")
     assert "aborting its Ray Train run" in (tmp_path / "1" / "train.log").read_text()
@@ -188,7 +188,7 @@ def test_a_stopped_trial_frees_its_cpus_and_process_for_the_next(
     assert len(events.Scalars("val_loss")) >= 1  # its epoch reached TensorBoard
     # The trial that ran to the end wrote its summary, as a single run does.
     summary = json.loads((tmp_path / "0" / "result.json").read_text())
-    assert summary["metrics"]["epoch"] == 100
+    assert summary["metrics"]["epoch"] == 30
     assert len({reports(tmp_path, row["trial"])[0]["pid"] for row in rows}) == 1
     # Each trial's worker group kept its Ray Train run in its own folder of the shared storage
     # path: none started from the first trial's run of the same name.
