@@ -21,6 +21,7 @@ from ..data.pipeline import uses_ray_data
 from ..training.run import test_metrics
 from .results import TrialSummary
 from .space import SearchSpace
+from .trial import compose_trial
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,11 @@ def trial_config(
 ) -> DictConfig:
     """The config the trial `row` trained with, resolved, without Hydra's own node.
 
-    Composed as the trial composed it (tuning/trial.py), from the sweep's config and the trial's
-    values: its saved `.hydra/config.yaml` still holds `${hydra:...}` interpolations, which only
-    the trial's Hydra node resolves.
+    Composed as the trial composed it (`trial.compose_trial`), from the sweep's config and the
+    trial's values: its saved `.hydra/config.yaml` still holds `${hydra:...}` interpolations,
+    which only the trial's Hydra node resolves.
     """
-    trial = hydra_context.config_loader.load_sweep_config(config, space.trial_overrides(row.params))
-    with open_dict(trial):
-        trial.hydra.runtime.cwd = config.hydra.runtime.cwd
-        trial.hydra.sweep.dir = config.hydra.sweep.dir
-        trial.hydra.job.id = trial.hydra.job.num = row.trial
-        trial.hydra.runtime.output_dir = row.output_dir
+    trial = compose_trial(config, hydra_context, space, row.params, row.trial)
     hydra = HydraConfig.instance()
     sweep_hydra = hydra.cfg
     hydra.set_config(trial)  # what `${hydra:...}` reads

@@ -88,6 +88,29 @@ def trial_storage(storage_path: str, trial_dir: str, subdir: str) -> str:
     return f"{storage.rstrip('/')}/{subdir}"
 
 
+def compose_trial(
+    sweep_config: DictConfig,
+    hydra_context: HydraContext,
+    space: SearchSpace,
+    params: dict[str, Any],
+    number: int,
+) -> DictConfig:
+    """Trial `number`'s config as its Hydra job sees it: the sweep's config with the trial's
+    values (`params`), numbered, in its own folder of the sweep dir. Before the job runs, and
+    again for the best trial once the sweep is over (tuning/evaluation.py)."""
+    overrides = space.trial_overrides(params)
+    config = hydra_context.config_loader.load_sweep_config(sweep_config, overrides)
+    with open_dict(config):
+        # hydra.utils.get_original_cwd(), on any machine
+        config.hydra.runtime.cwd = sweep_config.hydra.runtime.cwd
+        config.hydra.sweep.dir = sweep_config.hydra.sweep.dir  # made absolute by run_sweep
+        config.hydra.job.id = number
+        config.hydra.job.num = number
+        output_dir = Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir)
+        config.hydra.runtime.output_dir = os.path.abspath(output_dir)  # as run_job sets it
+    return config
+
+
 def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     """The Tune function trainable: run the trial's Hydra job, reporting every epoch to Tune."""
     Singleton.set_state(context.hydra_state)
@@ -102,13 +125,8 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     launch_dir = context.config.hydra.runtime.cwd
     if os.path.isdir(launch_dir):  # not on another machine of a cluster
         os.chdir(launch_dir)
-    overrides = context.space.trial_overrides(sampled)
-    config = context.hydra_context.config_loader.load_sweep_config(context.config, overrides)
+    config = compose_trial(context.config, context.hydra_context, context.space, sampled, number)
     with open_dict(config):
-        config.hydra.runtime.cwd = launch_dir  # hydra.utils.get_original_cwd(), on any machine
-        config.hydra.sweep.dir = context.config.hydra.sweep.dir  # made absolute by run_sweep
-        config.hydra.job.id = number
-        config.hydra.job.num = number
         restart = tune.get_checkpoint()
         if restart is not None:
             # Resumed after an interruption or a pause, or handed another trial's checkpoint by
@@ -119,9 +137,7 @@ def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
                 # Paused (PBT pauses trials to let others run) or interrupted after its last
                 # epoch: nothing is left to train. Tune has its results, its folder its summary.
                 return None
-    output_dir = str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir))
-    with open_dict(config):
-        config.hydra.runtime.output_dir = os.path.abspath(output_dir)  # as run_job sets it
+    output_dir = str(config.hydra.runtime.output_dir)
     HydraConfig.instance().set_config(config)
     storage = trial_storage(config.paths.storage_path, output_dir, str(config.hydra.sweep.subdir))
     if storage != resolve_path(config.paths.storage_path):
