@@ -282,7 +282,7 @@ def check_fits(
             f"scaling={name} puts {bundle} on each worker, but no single node has that much "
             f"(largest per resource: {largest}). Lower scaling.resources_per_worker."
         )
-    room = sum(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes)
+    room = nodes_that_hold(nodes, bundle)
     if scaling.get("placement_strategy") == "STRICT_SPREAD" and room < workers * copies:
         raise ResourceError(
             f"scaling={name} with placement_strategy=STRICT_SPREAD puts each of its {workers} "
@@ -291,11 +291,16 @@ def check_fits(
         )
 
 
+def nodes_that_hold(nodes: list[Mapping[str, float]], bundle: Mapping[str, float]) -> int:
+    """How many of `nodes` (their resources) have room for one worker's `bundle`."""
+    return sum(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes)
+
+
 def unplaceable(scaling: Mapping[str, Any]) -> str:
     """Why a worker group of `scaling` could not be started again, on the nodes alive now."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     bundle = worker_bundle(scaling)
-    room = sum(all(node.get(k, 0.0) >= v for k, v in bundle.items()) for node in nodes)
+    room = nodes_that_hold(nodes, bundle)
     return (
         f"The {group_size(scaling)} workers of scaling={scaling.get('name', '?')} (placement "
         f"{scaling.get('placement_strategy')}, {bundle} each) could not be placed on the "
