@@ -5,9 +5,13 @@ controller, workers and helper actors without waiting for each other: a process 
 in that moment can meet an actor that is already gone and log the error before it is ended too.
 Ray Train's log files (`/tmp/ray/session_*/logs/train/`) keep those records; only the console,
 which Ray forwards to the driver's terminal, is spared them.
+
+Ray also ends the processes a finished job leaves (a sweep's last trial processes, as its driver
+leaves) with SIGTERM: see `exit_quietly_on_sigterm`.
 """
 
 import logging
+import sys
 from typing import Any
 
 import ray
@@ -61,3 +65,25 @@ class QuietConsole(UserCallback):
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
         quiet_console()
+
+
+def exit_quietly_on_sigterm() -> None:
+    """Let this Ray worker process end on SIGTERM without printing a traceback.
+
+    Ray's SIGTERM handler raises SystemExit wherever the process is. If that is a finalizer (a
+    weakref callback, `__del__`), the exception cannot propagate: Python reports it as an
+    "Exception ignored in ..." with its traceback, which Ray forwards to the driver's console
+    (seen at the end of a sweep, in a trial process ended as its driver left). The exception is
+    lost either way, so only its printout is dropped; any other exception a finalizer raises is
+    reported as before. Calling it again changes nothing.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_exit", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    hook.drops_exit = True
+    sys.unraisablehook = hook

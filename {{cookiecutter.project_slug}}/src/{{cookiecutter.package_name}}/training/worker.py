@@ -237,6 +237,7 @@ def _quiet_false_alarms(world_size: int) -> None:
     """Silence messages that say nothing about the run: warnings every run printed, and on the
     console, the errors of a worker caught mid-report by its run's teardown."""
     teardown.quiet_console()
+    teardown.exit_quietly_on_sigterm()
     hide_progress_notice()  # Ray Train brought the driver's Ray Data options, bars off
     if world_size == 1:
         # Ray Train sets up a process group even for one worker, so Lightning takes the

@@ -17,6 +17,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 from ray import tune
 
+from .. import teardown
 from ..checkpoints import CHECKPOINT_FILE
 from ..data import PreparedData, reuse_prepared
 from ..data.sources import is_uri, resolve_path
@@ -113,6 +114,7 @@ def compose_trial(
 
 def run_trial(sampled: dict[str, Any], context: TrialContext) -> Any:
     """The Tune function trainable: run the trial's Hydra job, reporting every epoch to Tune."""
+    teardown.exit_quietly_on_sigterm()  # a trial process ended as the sweep's driver leaves
     Singleton.set_state(context.hydra_state)
     tracker_env.receive(context.tracker_env)
     setup_globals()
