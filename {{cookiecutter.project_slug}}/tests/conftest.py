@@ -95,6 +95,17 @@ def failure(proc: subprocess.CompletedProcess) -> str:
     return "\n...\n".join([*parts, errors[-2000:]])
 
 
+def scalars(log_dir: Path, tag: str) -> list[float]:
+    """A TensorBoard scalar's values in the order its chart draws them: by step.
+
+    A run that went on in another process (a PBT exploit, a restart) adds an event file, and
+    files made in the same second are read in the order of their writers' pids, not by time.
+    """
+    events = EventAccumulator(str(log_dir)).Reload().Scalars(tag)
+    events.sort(key=lambda event: (event.step, event.wall_time))
+    return [event.value for event in events]
+
+
 def tensorboard_hparams(log_dir: Path) -> tuple[dict, list[str]]:
     """The hyperparameters and metric names a run shows in TensorBoard's HParams tab."""
     content = (

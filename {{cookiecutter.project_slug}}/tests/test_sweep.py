@@ -12,7 +12,14 @@ import yaml
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import compose_config, failure, run_train, start_train, tensorboard_hparams
+from .conftest import (
+    compose_config,
+    failure,
+    run_train,
+    scalars,
+    start_train,
+    tensorboard_hparams,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -97,8 +104,7 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
         assert epochs == list(range(1, int(row["epochs"]) + 1))
         if row["status"] == "completed":
             assert json.loads(summary.read_text())["metrics"]["epoch"] == 4
-            events = EventAccumulator(str(sweep_dir / row["trial"] / "tensorboard")).Reload()
-            assert [event.value for event in events.Scalars("epoch")][-1] == 4
+            assert scalars(sweep_dir / row["trial"] / "tensorboard", "epoch")[-1] == 4
         else:
             assert not summary.exists()
     # max_concurrent_trials=1: each trial starts after the one before has sent its last report.
@@ -233,8 +239,7 @@ def test_pbt_hands_the_good_trials_checkpoint_to_the_hopeless_one(
     # Its TensorBoard holds both runs: chance level (lr=1e-7 learns nothing in 2 epochs), then
     # the good trial's weights trained on. Accuracy, not loss, tells them apart: at lr=0.03 the
     # validation loss of a 97%-accurate model jumps about between epochs (seen: 0.24, then 1.12).
-    events = EventAccumulator(str(tmp_path / str(target) / "tensorboard")).Reload()
-    accuracy = [event.value for event in events.Scalars("val_acc")]
+    accuracy = scalars(tmp_path / str(target) / "tensorboard", "val_acc")
     assert accuracy[0] < 0.3 and accuracy[-1] > 0.8, accuracy
     assert float(rows[target]["best"]) < 1.0
     summary = json.loads((tmp_path / str(target) / "result.json").read_text())
