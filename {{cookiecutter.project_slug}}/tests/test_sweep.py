@@ -115,7 +115,8 @@ def test_asha_stops_bad_trials_early_and_names_the_best(ray_address: str, tmp_pa
     assert all(started[k + 1] >= last_report[k] for k in range(len(rows) - 1))
 
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    best = min(rows, key=lambda row: float(row["final"]))
+    completed = [row for row in rows if row["status"] == "completed"]
+    best = min(completed, key=lambda row: float(row["final"]))
     assert results["best_value"] == float(best["final"])
     assert best["optimizer.lr"] in ("0.03", "0.01")
     assert results["best_params"] == {"optimizer.lr": float(best["optimizer.lr"])}

@@ -51,8 +51,17 @@ def summaries(tmp_path: Path) -> tuple[list[TrialSummary], dict[int, pd.DataFram
 def test_best_trial_by_final_value_and_mode(tmp_path: Path) -> None:
     rows, _ = summaries(tmp_path)
     assert best_trial(rows, "min").trial == 2
-    assert best_trial(rows, "max").trial == 1
+    assert best_trial(rows, "max").trial == 0
     assert best_trial([rows[3]], "min") is None
+
+
+def test_a_trial_stopped_early_is_best_only_when_none_completed(tmp_path: Path) -> None:
+    rows, _ = summaries(tmp_path)
+    # Stopped at epoch 1 below where the completed trials ended: they are compared at epoch 3.
+    lucky = dataclasses.replace(rows[1], final=0.1, best=0.1)
+    assert best_trial([rows[0], lucky, rows[2]], "min").trial == 2
+    interrupted = dataclasses.replace(rows[0], status="interrupted")
+    assert best_trial([interrupted, lucky, rows[3]], "min").trial == 1
 
 
 def test_results_files(tmp_path: Path) -> None:
@@ -96,6 +105,7 @@ def test_summary_names_the_best_and_the_failures_and_says_if_stopped(tmp_path: P
     rows, _ = summaries(tmp_path)
     text = format_summary(rows, rows[2], tmp_path, stopped=True)
     assert "4 trials (2 completed, 1 stopped early, 1 error)" in text
+    assert f"Best trial 2: 0.35 at its last epoch (3), 0.3 at its best ({tmp_path / '2'})" in text
     assert "python train.py optimizer.lr=0.02 +x=d" in text
     fixed = ["model=cnn", "+note=a b"]  # a sweep's fixed overrides (SearchSpace.run_fixed)
     rerun = "model=cnn '+note=a b' optimizer.lr=0.02 +x=d"

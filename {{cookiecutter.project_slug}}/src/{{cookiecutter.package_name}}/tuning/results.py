@@ -123,12 +123,21 @@ def summarize_trials(
 
 
 def best_trial(rows: list[TrialSummary], mode: str) -> TrialSummary | None:
-    """The trial whose final metric is best (trials that failed or reported nothing excluded)."""
+    """The completed trial whose final metric is best; if none completed, the best final
+    metric of those that reported one (failed trials and those that reported nothing excluded).
+
+    Completed trials are compared at the same, last epoch. A trial stopped early was already
+    judged worse than its peers at the epoch it stopped (what the scheduler stops by), and has
+    neither a result.json nor, often, a checkpoint: a metric of its that looks better than a
+    completed trial's last one was reached in fewer epochs (seen in a digits sweep: a trial
+    stopped at epoch 2 whose val_loss a completed trial's noisy last epoch did not match).
+    """
     scored = [row for row in rows if row.final is not None and not math.isnan(row.final)]
+    completed = [row for row in scored if row.status == "completed"]
     if not scored:
         return None
     pick = min if mode == "min" else max
-    return pick(scored, key=lambda row: row.final)
+    return pick(completed or scored, key=lambda row: row.final)
 
 
 def write_results(
@@ -265,7 +274,10 @@ def format_summary(
     if best is None:
         lines.append("No trial reported the metric.")
     else:
-        lines.append(f"Best trial {best.trial}: {best.final:.6g} ({best.output_dir})")
+        value = f"{best.final:.6g} at its last epoch ({best.epochs})"
+        if best.best is not None and best.best != best.final:
+            value += f", {best.best:.6g} at its best"
+        lines.append(f"Best trial {best.trial}: {value} ({best.output_dir})")
         if test_metrics:
             shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(test_metrics.items()))
             lines.append(f"  its best checkpoint on the test split: {shown}")
