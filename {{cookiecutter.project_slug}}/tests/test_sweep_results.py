@@ -106,6 +106,9 @@ def test_summary_names_the_best_and_the_failures_and_says_if_stopped(tmp_path: P
     text = format_summary(rows, rows[2], tmp_path, stopped=True)
     assert "4 trials (2 completed, 1 stopped early, 1 error)" in text
     assert f"Best trial 2: 0.35 at its last epoch (3), 0.3 at its best ({tmp_path / '2'})" in text
+    assert f"python train.py serve=local serve.only=true ckpt_path={tmp_path / '2'}\n" in text
+    # A best trial that was stopped early (none completed) has no result.json to serve from.
+    assert "serve=local" not in format_summary(rows, rows[1], tmp_path)
     assert "python train.py optimizer.lr=0.02 +x=d" in text
     fixed = ["model=cnn", "+note=a b"]  # a sweep's fixed overrides (SearchSpace.run_fixed)
     rerun = "model=cnn '+note=a b' optimizer.lr=0.02 +x=d"

@@ -60,6 +60,9 @@ def sweep_best(ray_address: str, sweep_dir: Path, *overrides: str) -> Path:
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert len(trials(sweep_dir)) == 2
     assert best["best_params"]["optimizer.lr"] == 0.003, best
+    # The command it prints to serve the best trial is the one serve_run runs.
+    serving = f"python train.py serve=local serve.only=true ckpt_path={best['best_output_dir']}"
+    assert serving in proc.stdout + proc.stderr
     return Path(best["best_output_dir"])
 
 

@@ -282,6 +282,9 @@ def format_summary(
             shown = ", ".join(f"{name} {value:.4g}" for name, value in sorted(test_metrics.items()))
             lines.append(f"  its best checkpoint on the test split: {shown}")
         lines.append(f"  python train.py {best.run_overrides(fixed)}")
+        if best.status == "completed":  # its folder's result.json names its best checkpoint
+            folder = shlex.quote(f"ckpt_path={best.output_dir}")
+            lines.append(f"  python train.py serve=local serve.only=true {folder}")
     lines.append(f"TensorBoard of every trial: tensorboard --logdir {sweep_dir}")
     return "\n".join(lines)
 
